@@ -1,0 +1,113 @@
+"""Where arrays live: "cpu" (NumPy arrays) or "cuda" (Numba device arrays).
+
+A layer never asks which device it runs on; it allocates through its ``Device`` and calls the kernels that
+``kernels_for`` hands it, so one layer class serves both.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from types import ModuleType
+
+import numpy as np
+
+from .errors import DeviceError
+
+DEVICES = ("cpu", "cuda")
+
+
+class Device:
+    """The CPU: arrays are NumPy arrays and every call is synchronous."""
+
+    name = "cpu"
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def to_device(self, array):
+        return np.ascontiguousarray(array)
+
+    def to_host(self, array) -> np.ndarray:
+        return np.asarray(array)
+
+    def take(self, array, indices: np.ndarray):
+        """``array[indices]`` along the first axis, on this device (``indices`` is a host int array)."""
+        return np.take(array, indices, axis=0)
+
+    def synchronize(self) -> None:
+        pass
+
+
+class CudaDevice(Device):
+    """An NVIDIA GPU through numba-cuda: arrays are device arrays and kernels run asynchronously."""
+
+    name = "cuda"
+
+    def __init__(self):
+        self.cuda = _require_cuda()
+
+    def empty(self, shape, dtype):
+        return self.cuda.device_array(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return self.cuda.to_device(np.zeros(shape, dtype=dtype))
+
+    def to_device(self, array):
+        if self.cuda.is_cuda_array(array):
+            return array
+        return self.cuda.to_device(np.ascontiguousarray(array))
+
+    def to_host(self, array) -> np.ndarray:
+        if self.cuda.is_cuda_array(array):
+            return array.copy_to_host()
+        return np.asarray(array)
+
+    def synchronize(self) -> None:
+        self.cuda.synchronize()
+
+
+def _require_cuda():
+    try:
+        from numba import cuda
+    except Exception as error:  # numba-cuda missing or broken
+        raise DeviceError(
+            f"--device cuda needs numba-cuda ({error}); install it with: pip install 'numbacnn[cuda]'"
+        ) from None
+    try:
+        available = cuda.is_available()
+    except Exception:  # a driver that is there but refuses to start
+        available = False
+    if not available:
+        raise DeviceError(
+            "--device cuda found no usable NVIDIA GPU (no driver, no device, or numba-cuda without CUDA "
+            "bindings: pip install 'numbacnn[cuda]'); run with --device cpu instead."
+        )
+    return cuda
+
+
+@lru_cache(maxsize=None)
+def get_device(name: str | Device = "cpu") -> Device:
+    """The ``Device`` called ``name``; raises ``DeviceError`` when it is unknown or unusable here."""
+    if isinstance(name, Device):
+        return name
+    if name == "cpu":
+        return Device()
+    if name == "cuda":
+        return CudaDevice()
+    raise DeviceError(f"Unknown device {name!r}; choose one of: {', '.join(DEVICES)}.")
+
+
+def kernels_for(package: str, device: Device) -> ModuleType:
+    """The kernel module of a layer package for a device: ``<package>.cpu`` or ``<package>.cuda``."""
+    try:
+        return importlib.import_module(f"{package}.{device.name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{package}.{device.name}":
+            raise
+        raise DeviceError(
+            f"The layer in {package} has no {device.name} kernels; build the model for another device."
+        ) from None

@@ -1,0 +1,152 @@
+"""The contract every layer follows, built-in or plug-in.
+
+Arrays are channels-last (NHWC): a batch of MNIST images is (N, 28, 28, 1), a conv filter is (KH, KW, C) and
+a conv layer's weights are (KH, KW, C, F), the way Keras counts "a (3,3,1) filter has 9 weights and 1 bias".
+Shapes passed to ``build`` leave out the batch axis.
+
+A layer's life: ``__init__(**hyperparameters)`` (checked at once, JSON-serialisable), ``build(in_shape, ...)``
+(makes parameters, returns the output shape or raises ``ShapeError``), then ``forward`` and ``backward`` pairs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .device import Device, get_device
+from .errors import DeviceError, ShapeError, SpecError
+
+Shape = tuple[int, ...]
+
+
+class Layer:
+    """Base class of all layers.
+
+    Subclasses set ``name`` (the registry name) and ``devices`` (where they have kernels), keep each
+    hyperparameter in an attribute of the same name as its ``__init__`` argument (so ``get_config`` works
+    unchanged), and implement ``output_shape``, ``forward`` and ``backward``; layers with parameters also
+    implement ``init_params``.
+    """
+
+    name: ClassVar[str] = ""
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.in_shape: Shape | None = None
+        self.out_shape: Shape | None = None
+        self.dtype = np.dtype(np.float32)
+        self.device: Device = get_device("cpu")
+        self.kernels: ModuleType | None = None
+
+    # -- building ----------------------------------------------------------------------------------------
+
+    def build(self, in_shape: Shape, *, rng: np.random.Generator, dtype=np.float32, device="cpu") -> Shape:
+        """Make the parameters for inputs of shape ``in_shape`` (no batch axis); returns the output shape."""
+        self.in_shape = tuple(int(d) for d in in_shape)
+        self.dtype = np.dtype(dtype)
+        self.device = get_device(device)
+        self.kernels = self.load_kernels(self.device)
+        self.out_shape = self.output_shape(self.in_shape)
+        host_params = self.init_params(self.in_shape, rng)
+        self.params = {k: self.device.to_device(v.astype(self.dtype)) for k, v in host_params.items()}
+        self.grads = {k: self.device.zeros(v.shape, self.dtype) for k, v in host_params.items()}
+        return self.out_shape
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        """The output shape for ``in_shape``; raises ``ShapeError`` when the layer cannot take it."""
+        raise NotImplementedError
+
+    def init_params(self, in_shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Initial parameter values as NumPy arrays (none by default)."""
+        return {}
+
+    def load_kernels(self, device: Device) -> ModuleType | None:
+        """The module holding this layer's kernels for ``device``: by default ``<layer module>.<device>``."""
+        if device.name not in self.devices:
+            raise DeviceError(
+                f"Layer {self.name!r} has no {device.name} kernels (it runs on: {', '.join(self.devices)}); "
+                f"choose another device or another layer."
+            )
+        return importlib.import_module(f"{type(self).__module__}.{device.name}")
+
+    # -- running -----------------------------------------------------------------------------------------
+
+    def forward(self, x, *, training: bool = False):
+        """The output for the batch ``x``; when ``training``, keeps what ``backward`` needs."""
+        raise NotImplementedError
+
+    def backward(self, dy):
+        """Given the loss gradient of the output, fills ``self.grads`` and returns the input gradient."""
+        raise NotImplementedError
+
+    def buffer(self, name: str, shape, dtype=None):
+        """A scratch array kept across steps and remade only when its shape changes."""
+        attr = f"_buffer_{name}"
+        buf = getattr(self, attr, None)
+        if buf is None or tuple(buf.shape) != tuple(shape):
+            buf = self.device.empty(shape, dtype or self.dtype)
+            setattr(self, attr, buf)
+        return buf
+
+    # -- describing --------------------------------------------------------------------------------------
+
+    @classmethod
+    def hyperparameters(cls) -> list[inspect.Parameter]:
+        """The ``__init__`` arguments, in order: what the spec text takes positionally."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        return [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    def get_config(self) -> dict[str, Any]:
+        """The hyperparameters, JSON-serialisable: ``type(self)(**config)`` rebuilds the layer."""
+        return {p.name: getattr(self, p.name) for p in self.hyperparameters()}
+
+    def param_counts(self) -> tuple[int, int]:
+        """(weights, biases): parameters named ``bias`` count as biases, everything else as weights."""
+        sizes = {k: int(np.prod(v.shape)) for k, v in self.params.items()}
+        biases = sum(n for k, n in sizes.items() if k == "bias")
+        return sum(sizes.values()) - biases, biases
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{self.name}({args})"
+
+
+# -- helpers for hyperparameter and shape checks, shared by the built-in layers and plug-ins ---------------
+
+
+def check_int(layer: str, name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a ``SpecError`` naming the layer and the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise SpecError(f"{layer}: {name} must be a whole number >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_pair(layer: str, name: str, value, minimum: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``, as a pair (height, width)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise SpecError(f"{layer}: {name} must be one number or two (height, width), got {value!r}.")
+        return check_int(layer, name, value[0], minimum), check_int(layer, name, value[1], minimum)
+    v = check_int(layer, name, value, minimum)
+    return v, v
+
+
+def check_image_shape(layer: str, in_shape: Shape) -> tuple[int, int, int]:
+    """``in_shape`` as (height, width, channels), or a ``ShapeError`` saying what to put before the layer."""
+    if len(in_shape) != 3:
+        raise ShapeError(
+            f"{layer} needs an image input (height, width, channels) but gets shape {tuple(in_shape)}; "
+            f"put it before flatten/dense, not after."
+        )
+    return in_shape  # type: ignore[return-value]
+
+
+def as_config_value(value):
+    """Tuples become lists so a config survives a JSON round trip unchanged."""
+    return list(value) if isinstance(value, tuple) else value

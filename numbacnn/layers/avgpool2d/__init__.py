@@ -1,0 +1,19 @@
+"""avgpool2d: the mean of each window, per channel."""
+
+from ..pooling import Pool2D
+
+
+class AvgPool2D(Pool2D):
+    """Average pooling. Args: size (window, one number or height, width), stride (default: size)."""
+
+    name = "avgpool2d"
+
+    def forward(self, x, *, training=False):
+        out = self.device.empty((x.shape[0], *self.out_shape), self.dtype)
+        self.kernels.avgpool2d_forward(x, *self._window(), out)
+        return out
+
+    def backward(self, dy):
+        dx = self.device.empty((dy.shape[0], *self.in_shape), self.dtype)
+        self.kernels.avgpool2d_backward(dy, *self._window(), dx)
+        return dx

@@ -1,0 +1,101 @@
+"""conv2d: a bank of learned filters slid over the image; each filter's output plus its bias is a feature map."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...errors import ShapeError, SpecError
+from ...layer import Layer, as_config_value, check_image_shape, check_int, check_pair
+from ...initializers import he_normal
+
+
+class Conv2D(Layer):
+    """2-D convolution over channels-last images.
+
+    Args:
+        filters: how many filters, i.e. output feature maps.
+        kernel_size: the filter's height and width (one number for a square filter).
+        stride: the step between filter positions (one number or height, width).
+        padding: "valid" (no padding), "same" (output size = ceil(input / stride), as in Keras),
+            or the number of zero rows/columns added on each side.
+        bias: whether each filter has a bias.
+    """
+
+    name = "conv2d"
+    devices = ("cpu", "cuda")
+
+    def __init__(self, filters, kernel_size=3, stride=1, padding="valid", bias=True):
+        super().__init__()
+        self.filters = check_int(self.name, "filters", filters)
+        self.kernel_size = as_config_value(kernel_size)
+        self.stride = as_config_value(stride)
+        self.padding = as_config_value(padding)
+        self.bias = bool(bias)
+        self._kernel = check_pair(self.name, "kernel_size", kernel_size)
+        self._stride = check_pair(self.name, "stride", stride)
+        if not (padding in ("valid", "same") or isinstance(padding, (int, list, tuple))):
+            raise SpecError(f"conv2d: padding must be 'valid', 'same' or a number, got {padding!r}.")
+        if isinstance(padding, (int, list, tuple)):
+            check_pair(self.name, "padding", padding, minimum=0)
+        self.needs_input_grad = True
+
+    def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(top, left, out_height, out_width) for an input of height ``h`` and width ``w``."""
+        (kh, kw), (sh, sw) = self._kernel, self._stride
+        if self.padding == "same":
+            oh, ow = math.ceil(h / sh), math.ceil(w / sw)
+            top = max((oh - 1) * sh + kh - h, 0) // 2
+            left = max((ow - 1) * sw + kw - w, 0) // 2
+            return top, left, oh, ow
+        ph, pw = (0, 0) if self.padding == "valid" else check_pair(self.name, "padding", self.padding, 0)
+        return ph, pw, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    def output_shape(self, in_shape):
+        h, w, _ = check_image_shape(self.name, in_shape)
+        _, _, oh, ow = self._padding(h, w)
+        if oh < 1 or ow < 1:
+            raise ShapeError(
+                f"conv2d: a {self._kernel[0]}x{self._kernel[1]} filter does not fit a {h}x{w} input; "
+                f"use a smaller kernel_size, padding='same', or fewer pooling layers before it."
+            )
+        return (oh, ow, self.filters)
+
+    def init_params(self, in_shape, rng):
+        (kh, kw), c = self._kernel, in_shape[2]
+        params = {"weight": he_normal(rng, (kh, kw, c, self.filters), fan_in=kh * kw * c)}
+        if self.bias:
+            params["bias"] = np.zeros(self.filters)
+        return params
+
+    def _geometry(self):
+        top, left, _, _ = self._padding(self.in_shape[0], self.in_shape[1])
+        return self._stride[0], self._stride[1], top, left
+
+    def _bias(self):
+        if self.bias:
+            return self.params["bias"]
+        return self.device.zeros(self.filters, self.dtype)
+
+    def forward(self, x, *, training=False):
+        out = self.device.empty((x.shape[0], *self.out_shape), self.dtype)
+        self.kernels.conv2d_forward(x, self.params["weight"], self._bias(), *self._geometry(), out)
+        self._x = x if training else None
+        return out
+
+    def backward(self, dy):
+        x, geometry = self._x, self._geometry()
+        db = self.grads["bias"] if self.bias else self.buffer("unused_db", (self.filters,))
+        partial = self.buffer("partial", (self.kernels.param_chunks(x.shape[0]), self._rows() + 1, self.filters))
+        self.kernels.conv2d_backward_params(x, dy, *geometry, partial, self.grads["weight"], db)
+        if not self.needs_input_grad:
+            return None
+        dx = self.device.empty(x.shape, self.dtype)
+        w_t = self.kernels.transpose_last(self.params["weight"])
+        self.kernels.conv2d_backward_input(dy, w_t, *geometry, dx)
+        return dx
+
+    def _rows(self) -> int:
+        """Weights per filter: kernel height x width x input channels."""
+        return self._kernel[0] * self._kernel[1] * self.in_shape[2]

@@ -1,0 +1,54 @@
+"""dense: every input connected to every unit, y = x @ weight + bias."""
+
+import numpy as np
+
+from ...errors import ShapeError
+from ...initializers import glorot_uniform
+from ...layer import Layer, check_int
+
+
+class Dense(Layer):
+    """Fully connected layer. Args: units (outputs), bias (whether each unit has a bias)."""
+
+    name = "dense"
+    devices = ("cpu", "cuda")
+
+    def __init__(self, units, bias=True):
+        super().__init__()
+        self.units = check_int(self.name, "units", units)
+        self.bias = bool(bias)
+        self.needs_input_grad = True
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 1:
+            raise ShapeError(
+                f"dense needs flat rows but gets shape {tuple(in_shape)}; put flatten before it."
+            )
+        return (self.units,)
+
+    def init_params(self, in_shape, rng):
+        fan_in = in_shape[0]
+        params = {"weight": glorot_uniform(rng, (fan_in, self.units), fan_in, self.units)}
+        if self.bias:
+            params["bias"] = np.zeros(self.units)
+        return params
+
+    def forward(self, x, *, training=False):
+        out = self.device.empty((x.shape[0], self.units), self.dtype)
+        bias = self.params["bias"] if self.bias else self.buffer("zero_bias", (self.units,))
+        if not self.bias:
+            self.kernels.fill_zero(bias)
+        self.kernels.dense_forward(x, self.params["weight"], bias, out)
+        self._x = x if training else None
+        return out
+
+    def backward(self, dy):
+        x = self._x
+        db = self.grads["bias"] if self.bias else self.buffer("unused_db", (self.units,))
+        partial = self.buffer("partial", (self.kernels.param_chunks(x.shape[0]), x.shape[1] + 1, self.units))
+        self.kernels.dense_backward_params(x, dy, partial, self.grads["weight"], db)
+        if not self.needs_input_grad:
+            return None
+        dx = self.device.empty(x.shape, self.dtype)
+        self.kernels.dense_backward_input(dy, self.params["weight"], dx)
+        return dx

@@ -1,0 +1,46 @@
+"""dropout: while training, zeroes a random fraction of the inputs and scales the rest up to keep the mean."""
+
+import numpy as np
+
+from ...errors import SpecError
+from ...layer import Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout. Args: rate, the fraction of inputs zeroed while training (0 <= rate < 1).
+
+    At evaluation time it passes its input through unchanged.
+    """
+
+    name = "dropout"
+    devices = ("cpu", "cuda")
+
+    def __init__(self, rate=0.5):
+        super().__init__()
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise SpecError(f"dropout: rate must be a number from 0 up to (not including) 1, got {rate!r}.")
+        self.rate = float(rate)
+
+    def build(self, in_shape, *, rng, dtype=np.float32, device="cpu"):
+        # Its own stream of random numbers, drawn from the model's: the same seed drops the same inputs.
+        self._rng = rng.spawn(1)[0]
+        return super().build(in_shape, rng=rng, dtype=dtype, device=device)
+
+    def output_shape(self, in_shape):
+        return in_shape
+
+    def forward(self, x, *, training=False):
+        if not training or self.rate == 0:
+            self._mask = None
+            return x
+        self._mask = self.kernels.dropout_mask(self._rng, x.shape, self.rate, self.dtype, self.device)
+        out = self.device.empty(x.shape, self.dtype)
+        self.kernels.multiply(x.reshape(-1), self._mask.reshape(-1), out.reshape(-1))
+        return out
+
+    def backward(self, dy):
+        if self._mask is None:
+            return dy
+        dx = self.device.empty(dy.shape, self.dtype)
+        self.kernels.multiply(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
+        return dx

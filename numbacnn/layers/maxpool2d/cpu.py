@@ -1,0 +1,38 @@
+"""Max pooling on the CPU. ``argmax`` holds, per output value, the flat position ih * W + iw that won."""
+
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
+    N, H, W, C = x.shape
+    OH, OW = out.shape[1], out.shape[2]
+    for n in prange(N):
+        for oh in range(OH):
+            for ow in range(OW):
+                top, left = oh * stride_h, ow * stride_w
+                for c in range(C):
+                    best = x[n, top, left, c]
+                    where = top * W + left
+                    for ih in range(top, top + size_h):
+                        for iw in range(left, left + size_w):
+                            v = x[n, ih, iw, c]
+                            if v > best:  # the first maximum wins ties, as in PyTorch
+                                best = v
+                                where = ih * W + iw
+                    out[n, oh, ow, c] = best
+                    argmax[n, oh, ow, c] = where
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_backward(dy, argmax, dx):
+    """Each output's gradient goes to the input that won its window (added up where windows overlap)."""
+    N, H, W, C = dx.shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    for n in prange(N):
+        dx[n] = 0.0
+        for oh in range(OH):
+            for ow in range(OW):
+                for c in range(C):
+                    where = argmax[n, oh, ow, c]
+                    dx[n, where // W, where % W, c] += dy[n, oh, ow, c]

@@ -1,0 +1,27 @@
+"""relu: max(x, 0), elementwise; the usual activation after a convolution or a dense layer."""
+
+from ...layer import Layer
+
+
+class ReLU(Layer):
+    """Rectified linear unit: passes positive values, zeroes the rest."""
+
+    name = "relu"
+    devices = ("cpu", "cuda")
+
+    def __init__(self):
+        super().__init__()
+
+    def output_shape(self, in_shape):
+        return in_shape
+
+    def forward(self, x, *, training=False):
+        out = self.device.empty(x.shape, self.dtype)
+        self.kernels.relu_forward(x.reshape(-1), out.reshape(-1))
+        self._y = out if training else None
+        return out
+
+    def backward(self, dy):
+        dx = self.device.empty(dy.shape, self.dtype)
+        self.kernels.relu_backward(self._y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+        return dx
