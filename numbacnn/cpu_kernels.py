@@ -35,3 +35,17 @@ def transpose_last(w):
 @njit(cache=True)
 def fill_zero(a):
     a[:] = 0
+
+
+_scratch: dict[tuple, np.ndarray] = {}
+
+
+def scratch(name: str, shape, dtype) -> np.ndarray:
+    """A temporary array that lives across calls (fresh pages for large arrays cost more than the work).
+
+    One per (name, shape, dtype): callers must be done with it before the next call asks for the same one.
+    """
+    key = (name, tuple(shape), np.dtype(dtype))
+    if key not in _scratch:
+        _scratch[key] = np.empty(shape, dtype)
+    return _scratch[key]

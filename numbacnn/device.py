@@ -43,7 +43,11 @@ class Device:
 
 
 class CudaDevice(Device):
-    """An NVIDIA GPU through numba-cuda: arrays are device arrays and kernels run asynchronously."""
+    """An NVIDIA GPU through numba-cuda: arrays are device arrays and kernels run asynchronously.
+
+    The kernels it launches live in ``cuda_kernels``, imported on first use so that nothing CUDA is loaded
+    before a model is actually built for this device.
+    """
 
     name = "cuda"
 
@@ -54,20 +58,40 @@ class CudaDevice(Device):
         return self.cuda.device_array(shape, dtype=dtype)
 
     def zeros(self, shape, dtype):
-        return self.cuda.to_device(np.zeros(shape, dtype=dtype))
+        from .cuda_kernels import fill_zero
+
+        array = self.empty(shape, dtype)
+        fill_zero(array)  # on the device: no host buffer, no transfer
+        return array
 
     def to_device(self, array):
-        if self.cuda.is_cuda_array(array):
+        if self.on_device(array):
             return array
+        if hasattr(array, "__cuda_array_interface__"):  # another library's GPU array: share, do not copy
+            return self.cuda.as_cuda_array(array)
         return self.cuda.to_device(np.ascontiguousarray(array))
 
     def to_host(self, array) -> np.ndarray:
-        if self.cuda.is_cuda_array(array):
+        if self.on_device(array):
             return array.copy_to_host()
         return np.asarray(array)
 
+    def take(self, array, indices: np.ndarray):
+        """``array[indices]`` along the first axis: gathered on the GPU when ``array`` lives there, else
+        gathered on the host and only the selected rows copied over."""
+        if not self.on_device(array):
+            return self.to_device(np.take(array, indices, axis=0))
+        from .cuda_kernels import take_rows
+
+        return take_rows(array, indices)
+
     def synchronize(self) -> None:
         self.cuda.synchronize()
+
+    @staticmethod
+    def on_device(array) -> bool:
+        """Whether ``array`` is a Numba device array (real or simulated: the simulator has no ``is_cuda_array``)."""
+        return bool(getattr(array, "__cuda_ndarray__", False))
 
 
 def _require_cuda():
@@ -75,7 +99,8 @@ def _require_cuda():
         from numba import cuda
     except Exception as error:  # numba-cuda missing or broken
         raise DeviceError(
-            f"--device cuda needs numba-cuda ({error}); install it with: pip install 'numbacnn[cuda]'"
+            f"--device cuda needs numba-cuda, which did not import ({error}): install it with "
+            f"pip install 'numbacnn[cuda]', or run with --device cpu instead."
         ) from None
     try:
         available = cuda.is_available()

@@ -85,6 +85,15 @@ class Layer:
         """Given the loss gradient of the output, fills ``self.grads`` and returns the input gradient."""
         raise NotImplementedError
 
+    def result(self, name: str, shape, training: bool = True):
+        """An array for a result this layer hands on (an output, an input gradient).
+
+        While training, the same memory is reused every step, because on the CPU fresh pages for large
+        activations cost more than the kernels that fill them: such a result stays valid until this layer's
+        next call of the same kind. Outside training every call gets a new array.
+        """
+        return self.buffer(name, shape) if training else self.device.empty(shape, self.dtype)
+
     def buffer(self, name: str, shape, dtype=None):
         """A scratch array kept across steps and remade only when its shape changes."""
         attr = f"_buffer_{name}"
@@ -112,9 +121,20 @@ class Layer:
         biases = sum(n for k, n in sizes.items() if k == "bias")
         return sum(sizes.values()) - biases, biases
 
+    def describe_params(self) -> str:
+        """The parameters in a user's words, for the summary table ("" when there is nothing to say)."""
+        return ""
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{self.name}({args})"
+        """The short spec form, as a person writes it: conv2d(32, 3, padding='same')."""
+        config, args = self.get_config(), []
+        for p in self.hyperparameters():
+            value = config[p.name]
+            if p.default is p.empty:
+                args.append(repr(value))
+            elif value != p.default:
+                args.append(f"{p.name}={value!r}")
+        return f"{self.name}({', '.join(args)})" if args else self.name
 
 
 # -- helpers for hyperparameter and shape checks, shared by the built-in layers and plug-ins ---------------

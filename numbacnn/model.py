@@ -23,6 +23,7 @@ class SummaryRow:
     out_shape: Shape
     weights: int
     biases: int
+    detail: str = ""
 
     @property
     def params(self) -> int:
@@ -106,7 +107,7 @@ class Sequential:
         """Per layer: output shape, weights and biases (a (3,3,1) filter counts 9 weights + 1 bias)."""
         if not self.built:
             self.build()
-        return [SummaryRow(i + 1, repr(layer), layer.out_shape, *layer.param_counts())
+        return [SummaryRow(i + 1, repr(layer), layer.out_shape, *layer.param_counts(), layer.describe_params())
                 for i, layer in enumerate(self.layers)]
 
     def count_params(self) -> int:

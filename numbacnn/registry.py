@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, distributions
 
 from .errors import PluginError, SpecError
 
@@ -124,26 +124,70 @@ class Registry:
         """The layer class for ``name`` or ``package:name``, loaded on first use."""
         return self.lookup(name).load()
 
+    def entry_for(self, layer_class: type) -> LayerEntry:
+        """The entry that provides ``layer_class``, even when its plain name means another package's layer
+        (what a checkpoint records, so that ``package:name`` brings back the same class)."""
+        for e in self.entries():
+            if e.name == layer_class.name:
+                try:
+                    if e.load() is layer_class:
+                        return e
+                except PluginError:
+                    continue
+        return self.lookup(layer_class.name)
+
 
 def _same_package(a: str, b: str) -> bool:
     """Distribution names compare as pip does: case, '-', '_' and '.' do not matter."""
-    def norm(s: str) -> str:
-        return s.lower().replace("_", "-").replace(".", "-")
-    return norm(a) == norm(b)
+    return _normalise(a) == _normalise(b)
 
 
 def _discover() -> list[LayerEntry]:
     skip_plugins = os.environ.get(NO_PLUGINS_ENV, "").strip() not in ("", "0")
     found: dict[tuple[str, str], LayerEntry] = {}
-    for ep in entry_points(group=GROUP):
-        dist = getattr(ep, "dist", None)
-        package = dist.name if dist is not None else "unknown"
+    seen: set[str] = set()
+    # Distribution by distribution rather than entry_points(group=...), which fails as a whole when any
+    # installed package, numbacnn plug-in or not, has a malformed entry_points.txt.
+    for dist in distributions():
+        package, version = _name_and_version(dist)
+        if _normalise(package) in seen:  # the same distribution seen twice on sys.path: the first one wins
+            continue
+        seen.add(_normalise(package))
         if skip_plugins and package != BUILTIN_PACKAGE:
             continue
-        version = dist.version if dist is not None else "?"
-        # The same distribution can be seen twice (an editable install next to a build dir): keep one.
-        found.setdefault((package, ep.name), LayerEntry(ep.name, package, version, ep.value, ep))
+        try:
+            points = [ep for ep in dist.entry_points if ep.group == GROUP]
+        except Exception as error:
+            if GROUP in (_read_text(dist, "entry_points.txt") or ""):
+                warnings.warn(f"Skipping the layers of package {package}: its entry_points.txt cannot be read "
+                              f"({type(error).__name__}: {error}); reinstall it.", stacklevel=3)
+            continue
+        for ep in points:
+            found.setdefault((package, ep.name), LayerEntry(ep.name, package, version, ep.value, ep))
     return sorted(found.values(), key=lambda e: (not e.builtin, e.package.lower(), e.name))
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _read_text(dist, filename: str) -> str | None:
+    try:
+        return dist.read_text(filename)
+    except Exception:
+        return None
+
+
+def _name_and_version(dist) -> tuple[str, str]:
+    """A distribution's name and version; a half-installed one without metadata is named after its folder."""
+    try:
+        name, version = dist.name, dist.version
+    except Exception:
+        name = version = None
+    if not name:
+        folder = os.path.basename(str(getattr(dist, "_path", "")).rstrip("/\\"))  # name-1.0.dist-info
+        name = folder.partition("-")[0] or "unknown"
+    return name, version or "?"
 
 
 def _warn_about_collisions(entries: list[LayerEntry]) -> None:

@@ -60,17 +60,18 @@ def _closing_paren(text: str, start: int) -> int:
 
 
 def _arguments(name: str, inside: str) -> tuple[list, dict]:
+    shown = " ".join(inside.split())  # a spec written over several lines still gets a one-line message
     try:
         call = ast.parse(f"f({inside})", mode="eval").body
     except SyntaxError:
-        raise SpecError(f"Cannot read the arguments of {name}({inside}); write them like conv2d(32, 3, padding=same).") from None
+        raise SpecError(f"Cannot read the arguments of {name}({shown}); write them like conv2d(32, 3, padding=same).") from None
     try:
         args = [_value(a) for a in call.args]
         kwargs = {k.arg: _value(k.value) for k in call.keywords}
     except ValueError:
-        raise SpecError(f"The arguments of {name}({inside}) must be numbers, words or lists of them.") from None
+        raise SpecError(f"The arguments of {name}({shown}) must be numbers, words or lists of them.") from None
     if any(k is None for k in kwargs):
-        raise SpecError(f"{name}({inside}): ** is not allowed in a layer spec.")
+        raise SpecError(f"{name}({shown}): ** is not allowed in a layer spec.")
     return args, kwargs
 
 

@@ -219,6 +219,7 @@ def load_dataset(
     images_file, labels_file = info.split_files(split)
     root = resolve_data_dir(data_dir)
     if root is not None:
+        _check_data_dir_exists(root, info)
         images, labels = (_load_from_data_dir(info, f, root / info.name) for f in (images_file, labels_file))
     else:
         cache = resolve_cache_dir(cache_dir) / info.name
@@ -240,7 +241,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    """Return the cache directory: the argument, ``NUMBACNN_CACHE_DIR``, ``$XDG_CACHE_HOME/numbacnn`` or ``~/.cache/numbacnn``."""
+    """Return the cache directory.
+
+    That is the argument, else ``NUMBACNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/numbacnn``, else ``~/.cache/numbacnn``.
+    """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     from_env = os.environ.get(CACHE_DIR_ENV, "").strip()
@@ -265,6 +269,15 @@ def find_file(directory: Path, idx_file: IdxFile) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _check_data_dir_exists(root: Path, info: DatasetInfo) -> None:
+    """Fail early, naming the setting, when the data directory itself is missing."""
+    if not root.is_dir():
+        raise DataError(
+            f"The data directory {root} does not exist; fix {_DATA_DIR_HINT}, or create it with a "
+            f"{info.name}/ sub-directory holding the four {info.name} files."
+        )
 
 
 def _load_from_data_dir(info: DatasetInfo, idx_file: IdxFile, directory: Path) -> np.ndarray:
@@ -338,8 +351,8 @@ def _check_labels(info: DatasetInfo, idx_file: IdxFile, labels: np.ndarray) -> N
     """Check that every label names one of the data set's classes."""
     if labels.size and int(labels.max()) >= len(info.classes):
         raise DataError(
-            f"{idx_file.download_name} of {info.name} holds label {int(labels.max())} but only 0..{len(info.classes) - 1} "
-            f"are valid; replace it with the original file."
+            f"{idx_file.download_name} of {info.name} holds label {int(labels.max())} but only "
+            f"0..{len(info.classes) - 1} are valid; replace it with the original file."
         )
 
 
@@ -387,7 +400,7 @@ def fetch(
     raise DataError(
         f"Could not download {file_name}: tried {len(mirrors)} mirror{'s' if len(mirrors) != 1 else ''} "
         f"and the last failed ({last_error}); download it by hand into {dest_dir}, or point {_DATA_DIR_HINT} "
-        f"at a directory that already holds the files."
+        "at a directory that already holds the files."
     )
 
 
@@ -422,9 +435,11 @@ def _stream(url: str, out: BinaryIO, label: str, *, progress: bool, timeout: flo
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             total = _content_length(response)
+            received = 0
             with _progress_bar(label, total, enabled=progress) as advance:
                 for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
                     out.write(chunk)
+                    received += len(chunk)
                     advance(len(chunk))
     except urllib.error.HTTPError as error:
         raise _MirrorFailure(f"HTTP {error.code} {error.reason}") from None
@@ -432,6 +447,9 @@ def _stream(url: str, out: BinaryIO, label: str, *, progress: bool, timeout: flo
         raise _MirrorFailure(str(error.reason)) from None
     except (OSError, http.client.HTTPException, ValueError) as error:
         raise _MirrorFailure(str(error) or type(error).__name__) from None
+    # http.client returns a short body without complaint when the connection drops mid-transfer.
+    if total is not None and received != total:
+        raise _MirrorFailure(f"the connection closed after {received} of {total} bytes")
 
 
 def _content_length(response) -> int | None:
@@ -452,7 +470,13 @@ def _progress_bar(label: str, total: int | None, *, enabled: bool) -> Iterator[C
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"Downloading {label}", total=total)
         yield lambda n_bytes: bar.advance(task, n_bytes)

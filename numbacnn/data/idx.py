@@ -104,7 +104,7 @@ def parse_idx(raw: bytes, label: str = "the IDX data") -> np.ndarray:
     if actual > expected:
         raise DataError(
             f"{label} has {actual - expected} unexpected bytes after the {expected} bytes of data its header "
-            f"describes; it is not a valid IDX file, so replace it with the original."
+            "describes; it is not a valid IDX file, so replace it with the original."
         )
     array = np.frombuffer(raw, dtype=dtype, offset=header_bytes, count=math.prod(shape))
     # Native byte order so that Numba kernels and arithmetic get the fast path; copy so the array is writable.
@@ -156,22 +156,25 @@ def _parse_header(raw: bytes, label: str) -> tuple[np.dtype, tuple[int, ...], in
     if raw[0] != 0 or raw[1] != 0:
         raise DataError(
             f"{label} is not an IDX file (its magic number starts with {raw[:2].hex()} instead of 0000); "
-            f"replace it with the original file."
+            "replace it with the original file."
         )
     type_code, ndim = raw[2], raw[3]
     if type_code not in TYPE_CODES:
         known = ", ".join(f"0x{code:02X}" for code in TYPE_CODES)
         raise DataError(
             f"{label} has the unknown IDX element type 0x{type_code:02X} (known: {known}); "
-            f"replace it with the original file."
+            "replace it with the original file."
         )
     if ndim == 0:
-        raise DataError(f"{label} declares zero dimensions, which no IDX data set uses; replace it with the original file.")
+        raise DataError(
+            f"{label} declares zero dimensions, which no IDX data set uses; "
+            "replace it with the original file."
+        )
     header_bytes = _HEADER_PREFIX_BYTES + _DIM_BYTES * ndim
     if len(raw) < header_bytes:
         raise DataError(
             f"{label} is truncated inside its header ({len(raw)} of {header_bytes} bytes); "
-            f"delete it and download or copy it again."
+            "delete it and download or copy it again."
         )
     shape = tuple(
         int.from_bytes(raw[offset : offset + _DIM_BYTES], "big")
@@ -196,7 +199,10 @@ def _read_source(source: PathOrBytes) -> bytes:
         return Path(source).read_bytes()
     except OSError as error:
         reason = error.strerror or str(error)
-        raise DataError(f"Cannot read {source} ({reason}); check that the path exists and is a readable file.") from None
+        raise DataError(
+            f"Cannot read {source} ({reason}); "
+            "check that the path exists and is a readable file."
+        ) from None
 
 
 def _describe(source: PathOrBytes) -> str:

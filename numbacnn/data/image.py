@@ -118,7 +118,10 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         return Path(path).read_bytes()
     except OSError as error:
         reason = error.strerror or str(error)
-        raise DataError(f"Cannot read the image {path} ({reason}); check that the path exists and is a readable file.") from None
+        raise DataError(
+            f"Cannot read the image {path} ({reason}); "
+            "check that the path exists and is a readable file."
+        ) from None
 
 
 # --- PGM -------------------------------------------------------------------------------------------
@@ -130,7 +133,10 @@ def _decode_pgm(data: bytes, label: str) -> np.ndarray:
     header, position = _pgm_header(data, label)
     width, height, maxval = header
     if width == 0 or height == 0 or not 1 <= maxval <= 65535:
-        raise DataError(f"{label} has an invalid PGM header (size {width}x{height}, maxval {maxval}); {_SUPPORTED_HINT} again.")
+        raise DataError(
+            f"{label} has an invalid PGM header (size {width}x{height}, maxval {maxval}); "
+            f"{_SUPPORTED_HINT} again."
+        )
     count = width * height
     if binary:
         # Exactly one whitespace byte separates maxval from binary data; the first sample may itself look like a space.
@@ -155,7 +161,7 @@ def _pgm_header(data: bytes, label: str) -> tuple[tuple[int, int, int], int]:
 
 
 def _pgm_token(data: bytes, position: int) -> tuple[bytes | None, int]:
-    """Return the next whitespace-separated token at or after ``position`` (skipping # comments), and the offset after it."""
+    """Return the next whitespace-separated token from ``position`` on, skipping # comments, and the offset after it."""
     size = len(data)
     while position < size:
         if data[position : position + 1].isspace():
@@ -177,7 +183,10 @@ def _pgm_binary_samples(data: bytes, position: int, count: int, maxval: int, lab
     needed = count * dtype.itemsize
     payload = data[position : position + needed]
     if len(payload) < needed:
-        raise DataError(f"{label} is truncated: it holds {len(payload)} of {needed} pixel bytes; {_SUPPORTED_HINT} again.")
+        raise DataError(
+            f"{label} is truncated: it holds {len(payload)} of {needed} pixel bytes; "
+            f"{_SUPPORTED_HINT} again."
+        )
     return np.frombuffer(payload, dtype=dtype).astype(np.int64)
 
 
@@ -186,7 +195,10 @@ def _pgm_ascii_samples(data: bytes, position: int, count: int, label: str) -> np
     text = b"\n".join(line.split(b"#", 1)[0] for line in data[position:].splitlines())
     tokens = text.split()
     if len(tokens) < count or not all(token.isdigit() for token in tokens[:count]):
-        raise DataError(f"{label} is truncated or has non-numeric pixels: expected {count} values; {_SUPPORTED_HINT} again.")
+        raise DataError(
+            f"{label} is truncated or has non-numeric pixels: expected {count} values; "
+            f"{_SUPPORTED_HINT} again."
+        )
     return np.array([int(token) for token in tokens[:count]], dtype=np.int64)
 
 
@@ -226,7 +238,10 @@ def _png_chunks(data: bytes, label: str) -> list[tuple[bytes, bytes]]:
         if len(body) < length or len(crc_bytes) < 4:
             raise DataError(f"{label} is a truncated PNG (chunk {kind!r} is cut off); {_SUPPORTED_HINT} again.")
         if zlib.crc32(kind + body) != struct.unpack(">I", crc_bytes)[0]:
-            raise DataError(f"{label} is a corrupt PNG (chunk {kind.decode('latin-1')!r} fails its CRC check); {_SUPPORTED_HINT} again.")
+            raise DataError(
+                f"{label} is a corrupt PNG (chunk {kind.decode('latin-1')!r} fails its CRC check); "
+                f"{_SUPPORTED_HINT} again."
+            )
         chunks.append((kind, body))
         position += 12 + length
         if kind == b"IEND":
@@ -241,10 +256,17 @@ def _png_chunk(chunks: list[tuple[bytes, bytes]], kind: bytes) -> bytes | None:
 def _png_header(chunks: list[tuple[bytes, bytes]], label: str) -> tuple[int, int, int, int]:
     """Parse and check IHDR; return (width, height, bit depth, colour type)."""
     if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
-        raise DataError(f"{label} is a corrupt PNG (it does not start with a valid IHDR chunk); {_SUPPORTED_HINT} again.")
-    width, height, bit_depth, colour_type, compression, filter_method, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+        raise DataError(
+            f"{label} is a corrupt PNG (it does not start with a valid IHDR chunk); "
+            f"{_SUPPORTED_HINT} again."
+        )
+    fields = struct.unpack(">IIBBBBB", chunks[0][1])
+    width, height, bit_depth, colour_type, compression, filter_method, interlace = fields
     if colour_type not in _PNG_COLOUR_TYPES or bit_depth not in _PNG_COLOUR_TYPES[colour_type][1]:
-        raise DataError(f"{label} uses PNG colour type {colour_type} with bit depth {bit_depth}, which is not valid; {_SUPPORTED_HINT} again.")
+        raise DataError(
+            f"{label} uses PNG colour type {colour_type} with bit depth {bit_depth}, which is not valid; "
+            f"{_SUPPORTED_HINT} again."
+        )
     if width == 0 or height == 0 or compression != 0 or filter_method != 0:
         raise DataError(f"{label} has an invalid PNG header; {_SUPPORTED_HINT} again.")
     if interlace != 0:
@@ -268,7 +290,10 @@ def _unfilter(filtered: bytes, width: int, height: int, bits_per_pixel: int, lab
     for y in range(height):
         filter_type = int(rows[y, 0])
         if filter_type > 4:
-            raise DataError(f"{label} uses the unknown PNG row filter {filter_type}; it is corrupt, so {_SUPPORTED_HINT} again.")
+            raise DataError(
+                f"{label} uses the unknown PNG row filter {filter_type}; "
+                f"it is corrupt, so {_SUPPORTED_HINT} again."
+            )
         out[y] = _unfilter_row(filter_type, rows[y, 1:], previous, stride)
         previous = out[y]
     return out
@@ -346,7 +371,10 @@ def _palette_to_grey(indices: np.ndarray, chunks: list[tuple[bytes, bytes]], bit
         raise DataError(f"{label} is a palette PNG without a valid PLTE chunk; {_SUPPORTED_HINT} again.")
     palette = np.frombuffer(palette_bytes, dtype=np.uint8).reshape(-1, 3).astype(np.int64)
     if indices.max(initial=0) >= len(palette):
-        raise DataError(f"{label} uses palette entries beyond its {len(palette)}-colour palette; {_SUPPORTED_HINT} again.")
+        raise DataError(
+            f"{label} uses palette entries beyond its {len(palette)}-colour palette; "
+            f"{_SUPPORTED_HINT} again."
+        )
     alphas = np.full(len(palette), 255.0)
     transparency = _png_chunk(chunks, b"tRNS") or b""
     count = min(len(transparency), len(palette))

@@ -9,11 +9,11 @@ class AvgPool2D(Pool2D):
     name = "avgpool2d"
 
     def forward(self, x, *, training=False):
-        out = self.device.empty((x.shape[0], *self.out_shape), self.dtype)
+        out = self.result("out", (x.shape[0], *self.out_shape), training)
         self.kernels.avgpool2d_forward(x, *self._window(), out)
         return out
 
     def backward(self, dy):
-        dx = self.device.empty((dy.shape[0], *self.in_shape), self.dtype)
+        dx = self.result("dx", (dy.shape[0], *self.in_shape))
         self.kernels.avgpool2d_backward(dy, *self._window(), dx)
         return dx

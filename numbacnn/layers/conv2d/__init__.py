@@ -69,6 +69,12 @@ class Conv2D(Layer):
             params["bias"] = np.zeros(self.filters)
         return params
 
+    def describe_params(self):
+        kh, kw = self._kernel
+        c = self.in_shape[2]
+        per_filter = f"{kh * kw * c} weights + 1 bias" if self.bias else f"{kh * kw * c} weights"
+        return f"{self.filters} filters of shape ({kh},{kw},{c}), each {per_filter}"
+
     def _geometry(self):
         top, left, _, _ = self._padding(self.in_shape[0], self.in_shape[1])
         return self._stride[0], self._stride[1], top, left
@@ -79,7 +85,7 @@ class Conv2D(Layer):
         return self.device.zeros(self.filters, self.dtype)
 
     def forward(self, x, *, training=False):
-        out = self.device.empty((x.shape[0], *self.out_shape), self.dtype)
+        out = self.result("out", (x.shape[0], *self.out_shape), training)
         self.kernels.conv2d_forward(x, self.params["weight"], self._bias(), *self._geometry(), out)
         self._x = x if training else None
         return out
@@ -91,7 +97,7 @@ class Conv2D(Layer):
         self.kernels.conv2d_backward_params(x, dy, *geometry, partial, self.grads["weight"], db)
         if not self.needs_input_grad:
             return None
-        dx = self.device.empty(x.shape, self.dtype)
+        dx = self.result("dx", x.shape)
         w_t = self.kernels.transpose_last(self.params["weight"])
         self.kernels.conv2d_backward_input(dy, w_t, *geometry, dx)
         return dx

@@ -33,8 +33,12 @@ class Dense(Layer):
             params["bias"] = np.zeros(self.units)
         return params
 
+    def describe_params(self):
+        each = f"{self.in_shape[0]} weights + 1 bias" if self.bias else f"{self.in_shape[0]} weights"
+        return f"{self.units} units, each {each}"
+
     def forward(self, x, *, training=False):
-        out = self.device.empty((x.shape[0], self.units), self.dtype)
+        out = self.result("out", (x.shape[0], self.units), training)
         bias = self.params["bias"] if self.bias else self.buffer("zero_bias", (self.units,))
         if not self.bias:
             self.kernels.fill_zero(bias)
@@ -49,6 +53,6 @@ class Dense(Layer):
         self.kernels.dense_backward_params(x, dy, partial, self.grads["weight"], db)
         if not self.needs_input_grad:
             return None
-        dx = self.device.empty(x.shape, self.dtype)
+        dx = self.result("dx", x.shape)
         self.kernels.dense_backward_input(dy, self.params["weight"], dx)
         return dx

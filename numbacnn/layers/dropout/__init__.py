@@ -34,13 +34,13 @@ class Dropout(Layer):
             self._mask = None
             return x
         self._mask = self.kernels.dropout_mask(self._rng, x.shape, self.rate, self.dtype, self.device)
-        out = self.device.empty(x.shape, self.dtype)
+        out = self.result("out", x.shape)
         self.kernels.multiply(x.reshape(-1), self._mask.reshape(-1), out.reshape(-1))
         return out
 
     def backward(self, dy):
         if self._mask is None:
             return dy
-        dx = self.device.empty(dy.shape, self.dtype)
+        dx = self.result("dx", dy.shape)
         self.kernels.multiply(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
         return dx

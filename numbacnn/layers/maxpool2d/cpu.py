@@ -11,17 +11,19 @@ def maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
         for oh in range(OH):
             for ow in range(OW):
                 top, left = oh * stride_h, ow * stride_w
+                best, where = out[n, oh, ow], argmax[n, oh, ow]
+                # The channel loop is innermost so the compare-and-select vectorises.
                 for c in range(C):
-                    best = x[n, top, left, c]
-                    where = top * W + left
-                    for ih in range(top, top + size_h):
-                        for iw in range(left, left + size_w):
+                    best[c] = x[n, top, left, c]
+                    where[c] = top * W + left
+                for ih in range(top, top + size_h):
+                    for iw in range(left, left + size_w):
+                        here = ih * W + iw
+                        for c in range(C):
                             v = x[n, ih, iw, c]
-                            if v > best:  # the first maximum wins ties, as in PyTorch
-                                best = v
-                                where = ih * W + iw
-                    out[n, oh, ow, c] = best
-                    argmax[n, oh, ow, c] = where
+                            if v > best[c]:  # the first maximum wins ties, as in PyTorch
+                                best[c] = v
+                                where[c] = here
 
 
 @njit(parallel=True, cache=True)

@@ -1,0 +1,88 @@
+"""One training epoch of a network on MNIST in numbacnn and in PyTorch, in the same process, repeated.
+
+    python bench/epoch_vs_torch.py --model keras-convnet --batch-size 128 --threads 2 --repeats 3
+
+Both use the same architecture, batch size, optimiser (Adam 1e-3) and thread count, on the real training set;
+JIT compilation is paid before the clock starts. Prints each repeat, the medians and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def numbacnn_epoch(spec, x, y, batch_size, seed):
+    from numbacnn.model import Sequential
+    from numbacnn.optim import Adam
+    from numbacnn.train import fit
+
+    model = Sequential(spec).build(seed=seed)
+    fit(model, Adam(), x[:batch_size * 2], y[:batch_size * 2], epochs=1, batch_size=batch_size)  # JIT warm-up
+    start = time.perf_counter()
+    fit(model, Adam(), x, y, epochs=1, batch_size=batch_size, seed=seed)
+    return time.perf_counter() - start, model
+
+
+def torch_epoch(model, x, y, batch_size, seed):
+    import torch
+
+    from numbacnn.bench import torch_twin
+
+    torch.manual_seed(seed)
+    net = torch_twin(model, torch)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(y.astype(np.int64))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    order = torch.randperm(len(xt))
+    start = time.perf_counter()
+    for b in range(0, len(xt), batch_size):
+        idx = order[b:b + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(xt[idx]), yt[idx]).backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="keras-convnet")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", default=None, help="default: NUMBACNN_DATA_DIR or the download cache")
+    args = parser.parse_args()
+
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from numbacnn.data import load_dataset
+    from numbacnn.presets import preset_spec
+    from numbacnn.train import prepare_images
+
+    threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    images, labels = load_dataset("mnist", "train", data_dir=args.data_dir)
+    x, y = prepare_images(images), labels.astype(np.int64)
+    spec = preset_spec(args.model)
+    ours, theirs = [], []
+    for r in range(args.repeats):
+        seconds, model = numbacnn_epoch(spec, x, y, args.batch_size, seed=r)
+        ours.append(seconds)
+        theirs.append(torch_epoch(model, x, y, args.batch_size, seed=r))
+        print(f"repeat {r + 1}: numbacnn {ours[-1]:.1f} s, PyTorch {theirs[-1]:.1f} s")
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(f"{args.model}, batch {args.batch_size}, {threads} threads, PyTorch {torch.__version__}: "
+          f"median epoch numbacnn {a:.1f} s ({len(x) / a:,.0f} img/s), PyTorch {b:.1f} s ({len(x) / b:,.0f} img/s); "
+          f"numbacnn takes {a / b:.2f}x PyTorch's time (speed ratio {b / a:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""numbacnn: small convolutional networks with Numba kernels.
+
+    >>> import numbacnn
+    >>> model = numbacnn.Sequential("conv2d(32,3) relu maxpool2d(2) flatten dense(10)").build(seed=0)
+    >>> numbacnn.save(model, "model.npz")
+
+Layers come from the entry-point group ``numbacnn.layers`` (see ``numbacnn.registry``); ``numbacnn.testing``
+is the conformance kit for layer plug-ins.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .checkpoint import load, save
+from .errors import (
+    CheckpointError,
+    DataError,
+    DeviceError,
+    NumbacnnError,
+    PluginError,
+    ShapeError,
+    SpecError,
+)
+from .layer import Layer
+from .model import Sequential
+from .optim import SGD, Adam
+from .presets import PRESETS
+from .registry import registry
+from .train import evaluate, fit, prepare_images
+
+try:
+    __version__ = version("numbacnn")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "SGD", "Adam", "CheckpointError", "DataError", "DeviceError", "Layer", "NumbacnnError", "PRESETS",
+    "PluginError", "Sequential", "ShapeError", "SpecError", "evaluate", "fit", "load", "prepare_images",
+    "registry", "save",
+]

@@ -1,0 +1,177 @@
+"""Timing of layers and training steps on cpu or cuda, beside PyTorch running the same network when installed.
+
+Every figure is the median of ``repeats`` measurements of ``steps`` calls each, taken after a warm-up call
+that pays JIT compilation; the device is synchronised before each clock read.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .losses import SoftmaxCrossEntropy
+from .model import Sequential
+from .optim import Adam
+
+
+def median_seconds(fn: Callable[[], None], *, steps: int, repeats: int, sync: Callable[[], None]) -> float:
+    """Median over ``repeats`` of the mean time of one call of ``fn``, after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int = 5, device: str = "cpu",
+              with_torch: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Per-layer forward/backward times and training-step throughput of the network ``spec``."""
+    import numba
+
+    model = Sequential(spec).build(seed=seed, device=device)
+    dev = model.device
+    rng = np.random.default_rng(seed)
+    x = dev.to_device(rng.random((batch_size, *model.input_shape), dtype=np.float32))
+    labels = rng.integers(0, model.output_shape[0], batch_size)
+    timing = dict(steps=steps, repeats=repeats, sync=dev.synchronize)
+
+    report: dict[str, Any] = {
+        "spec": model.spec, "device": device, "batch_size": batch_size, "threads": numba.get_num_threads(),
+        "steps": steps, "repeats": repeats, "layers": _layer_times(model, x, timing),
+    }
+    step = _train_step(model, x, labels)
+    report["train_images_per_s"] = batch_size / median_seconds(step, **timing)
+    report["inference_images_per_s"] = batch_size / median_seconds(lambda: model.forward(x), **timing)
+    if with_torch:
+        report["torch"] = torch_bench(model, batch_size, device=device, steps=steps, repeats=repeats, seed=seed)
+        if "train_images_per_s" in report["torch"]:
+            report["train_ratio"] = report["train_images_per_s"] / report["torch"]["train_images_per_s"]
+            report["inference_ratio"] = report["inference_images_per_s"] / report["torch"]["inference_images_per_s"]
+    return report
+
+
+def _train_step(model: Sequential, x, labels) -> Callable[[], None]:
+    loss_fn, optimizer = SoftmaxCrossEntropy(model.device), Adam()
+
+    def step():
+        _, dlogits, _ = loss_fn(model.forward(x, training=True), labels)
+        model.backward(dlogits)
+        optimizer.step(model)
+
+    return step
+
+
+def _layer_times(model: Sequential, x, timing) -> list[dict[str, Any]]:
+    """Forward and backward time of each layer, on the activations the real network feeds it."""
+    rows = []
+    for layer in model.layers:
+        y = layer.forward(x, training=True)
+        dy = model.device.to_device(np.ones(y.shape, dtype=model.dtype) * 1e-3)
+        forward_s = median_seconds(lambda: layer.forward(x, training=True), **timing)
+        backward_s = median_seconds(lambda: (layer.forward(x, training=True), layer.backward(dy)), **timing) - forward_s
+        rows.append({"layer": repr(layer), "out_shape": list(layer.out_shape),
+                     "forward_ms": forward_s * 1e3, "backward_ms": max(backward_s, 0.0) * 1e3})
+        x = y
+    return rows
+
+
+# -- the same network in PyTorch -----------------------------------------------------------------------------
+
+
+def torch_bench(model: Sequential, batch_size: int, *, device: str, steps: int, repeats: int, seed: int) -> dict:
+    """The PyTorch twin of ``model`` timed the same way; {"skipped": reason} when that is not possible."""
+    try:
+        import torch
+    except ImportError:
+        return {"skipped": "PyTorch is not installed (pip install 'numbacnn[bench]')"}
+    try:
+        net = torch_twin(model, torch)
+    except NotImplementedError as error:
+        return {"skipped": str(error)}
+    import numba
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(numba.get_num_threads())
+    target = torch.device("cuda" if device == "cuda" else "cpu")
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    net = net.to(target)
+    c, h, w = model.input_shape[2], model.input_shape[0], model.input_shape[1]
+    x = torch.rand(batch_size, c, h, w, device=target)
+    labels = torch.randint(0, model.output_shape[0], (batch_size,), device=target)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(x), labels).backward()
+        optimizer.step()
+
+    def infer():
+        with torch.no_grad():
+            net.eval()
+            net(x)
+            net.train()
+
+    timing = dict(steps=steps, repeats=repeats, sync=sync)
+    return {"version": torch.__version__, "threads": torch.get_num_threads(),
+            "train_images_per_s": batch_size / median_seconds(step, **timing),
+            "inference_images_per_s": batch_size / median_seconds(infer, **timing)}
+
+
+def torch_twin(model: Sequential, torch):
+    """A torch.nn.Sequential with the same architecture (NCHW); NotImplementedError for other layers."""
+    nn = torch.nn
+    modules, channels = [], model.input_shape[2]
+    for layer in model.layers:
+        cfg = layer.get_config()
+        if layer.name == "conv2d":
+            padding = cfg["padding"] if cfg["padding"] in ("valid", "same") else tuple(layer._padding(0, 0)[:2])
+            modules.append(nn.Conv2d(channels, cfg["filters"], layer._kernel, stride=layer._stride,
+                                     padding=padding, bias=cfg["bias"]))
+            channels = cfg["filters"]
+        elif layer.name in ("maxpool2d", "avgpool2d"):
+            pool = nn.MaxPool2d if layer.name == "maxpool2d" else nn.AvgPool2d
+            modules.append(pool(layer._size, stride=layer._stride))
+        elif layer.name == "relu":
+            modules.append(nn.ReLU())
+        elif layer.name == "flatten":
+            modules.append(nn.Flatten())
+        elif layer.name == "dropout":
+            modules.append(nn.Dropout(cfg["rate"]))
+        elif layer.name == "dense":
+            modules.append(nn.Linear(layer.in_shape[0], cfg["units"], bias=cfg["bias"]))
+        else:
+            raise NotImplementedError(f"no PyTorch twin for layer {layer.name!r}; timing numbacnn only")
+    return nn.Sequential(*modules)
+
+
+def print_report(report: dict[str, Any], console) -> None:
+    """The report as Rich tables."""
+    from rich.table import Table
+
+    table = Table("layer", "output shape", "forward ms", "backward ms",
+                  title=f"{report['device']}, batch {report['batch_size']}, {report['threads']} threads, "
+                        f"median of {report['repeats']} x {report['steps']} steps", title_justify="left")
+    for row in report["layers"]:
+        table.add_row(row["layer"], str(tuple(row["out_shape"])), f"{row['forward_ms']:.2f}", f"{row['backward_ms']:.2f}")
+    console.print(table)
+    totals = Table("", "numbacnn img/s", "PyTorch img/s", "ratio")
+    torch = report.get("torch", {})
+    for kind in ("train", "inference"):
+        mine = report[f"{kind}_images_per_s"]
+        theirs = torch.get(f"{kind}_images_per_s")
+        totals.add_row(f"{kind} step", f"{mine:,.0f}", f"{theirs:,.0f}" if theirs else "-",
+                       f"{mine / theirs:.2f}x" if theirs else "-")
+    console.print(totals)
+    if "skipped" in torch:
+        console.print(f"PyTorch: {torch['skipped']}")

@@ -1,0 +1,30 @@
+"""ReLU on the GPU, one thread per element of flat views of the arrays."""
+
+from numba import cuda
+
+from ...cuda_kernels import THREADS, blocks_for, zero_of
+
+
+@cuda.jit
+def _relu_forward(x, out, zero):
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = x[i] if x[i] > zero else zero
+
+
+@cuda.jit
+def _relu_backward(y, dy, dx, zero):
+    i = cuda.grid(1)
+    if i < y.size:
+        dx[i] = dy[i] if y[i] > zero else zero
+
+
+def relu_forward(x, out):
+    if x.size:
+        _relu_forward[blocks_for(x.size), THREADS](x, out, zero_of(out))
+
+
+def relu_backward(y, dy, dx):
+    """The gradient flows where the output was positive (y > 0 exactly where x > 0)."""
+    if y.size:
+        _relu_backward[blocks_for(y.size), THREADS](y, dy, dx, zero_of(dx))
