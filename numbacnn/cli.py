@@ -41,6 +41,11 @@ class DeviceName(str, Enum):
     cuda = "cuda"
 
 
+class Schedule(str, Enum):
+    cosine = "cosine"
+    constant = "constant"
+
+
 class OptimizerName(str, Enum):
     adam = "adam"
     sgd = "sgd"
@@ -114,6 +119,9 @@ def train(
     batch_size: int = typer.Option(128, "--batch-size", "-b", min=1, help="Images per training step."),
     optimizer: OptimizerName = typer.Option(OptimizerName.adam, "--optimizer", help="adam or sgd (with momentum 0.9)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.001 for adam, 0.01 for sgd)."),
+    schedule: Schedule = typer.Option(
+        Schedule.cosine, "--schedule", help="Learning rate over the run: cosine (decays to zero) or constant."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the weights, the batch order and dropout: same seed, same run."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on the first N training images only."),
     output: Path = typer.Option(
@@ -134,20 +142,21 @@ def train(
     spec = _spec(model, layers)
     net = Sequential(spec).build(seed=seed, device=device.value)
     opt = make_optimizer(optimizer.value, lr)
+    base_lr = opt.lr
     x_train, y_train = _load_split(dataset, "train", data_dir, limit)
     x_test, y_test = _load_split(dataset, "test", data_dir)
     out.print(f"Training [bold]{layers and 'custom layers' or model}[/] ({net.count_params():,} parameters) on "
               f"{dataset.value}: {len(x_train):,} images, {epochs} epochs of batch {batch_size}, "
-              f"{opt.name} lr {opt.lr:g}, seed {seed}, {device.value}.")
+              f"{opt.name} lr {base_lr:g} ({schedule.value}), seed {seed}, {device.value}.")
 
     def save(result):
         meta = {"dataset": dataset.value, "epochs": result.epoch, "seed": seed, "optimizer": opt.name,
-                "lr": opt.lr, "batch_size": batch_size, "test_accuracy": result.test_accuracy}
+                "lr": base_lr, "schedule": schedule.value, "batch_size": batch_size, "test_accuracy": result.test_accuracy}
         checkpoint.save(net, output, meta)
 
     with TrainingProgress(err, epochs) as progress:
         results = fit(net, opt, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-                      test=(x_test, y_test), on_batch=progress.batch,
+                      test=(x_test, y_test), schedule=schedule.value, on_batch=progress.batch,
                       on_epoch=lambda r: (save(r), progress.epoch(r)))
     last = results[-1]
     out.print(f"Test accuracy: [bold]{last.test_accuracy:.2%}[/] on {len(x_test):,} {dataset.value} test images "

@@ -1,14 +1,13 @@
 """CUDA kernels that several layers share: launch grids, a tiled matrix product, and small helpers.
 
-Every ``@cuda.jit`` kernel here has a launcher of the same name without the leading underscore; the launchers
-take Numba device arrays and pick the grid, so a layer calls them exactly as it calls the CPU twins in
-``cpu_kernels``. Kernels never use atomics: each output element is written by one thread, in a fixed order,
-so the same inputs give the same bits on every run.
+Each ``@cuda.jit`` kernel (``_name``) has a launcher (``name``) that takes Numba device arrays and picks the
+grid, so a layer calls it exactly as it calls its CPU twin in ``cpu_kernels``; the tiled product is made
+by ``product_kernel`` and run by ``launch_product``. Kernels never use atomics: each output element is
+written by one thread, in a fixed order, so the same inputs give the same bits on every run.
 """
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -31,7 +30,7 @@ ONE = -2  # the row of ones that turns a bias gradient into one more row of the 
 
 def blocks_for(count: int, threads: int = THREADS) -> int:
     """How many blocks of ``threads`` cover ``count`` items (at least one, so a launch is always valid)."""
-    return max(1, math.ceil(count / threads))
+    return max(1, -(-count // threads))
 
 
 def flat(array):
@@ -47,14 +46,40 @@ def zero_of(array):
 # -- parameter gradients --------------------------------------------------------------------------------------
 
 
-def param_chunks(batch: int) -> int:
-    """How many partial sums a parameter gradient is split into (the depth of ``partial``).
+# Enough blocks to keep every multiprocessor of a large GPU busy (an H100 has 132) a few times over.
+TARGET_BLOCKS = 512
 
-    The product kernel reduces over the batch; splitting that reduction into a fixed number of chunks gives
-    the GPU enough blocks when the gradient itself is small (a first conv layer has 9 x 32 weights). The
-    number depends on the batch size only, so the sums are the same on every run.
+
+def partial_sums(batch: int, rows: int, cols: int, dtype):
+    """Device scratch for the partial sums of a (rows x cols) parameter gradient over a batch, and how many
+    of them to use (see ``param_chunks``); kept across calls like the CPU's scratch arrays."""
+    depth = param_chunks(batch)
+    key = (depth, rows, cols, np.dtype(dtype))
+    if key not in _partials:
+        _partials[key] = cuda.device_array(key[:3], dtype=dtype)
+    return _partials[key][:reduction_chunks(depth, rows, cols)]
+
+
+_partials: dict = {}
+
+
+def param_chunks(batch: int) -> int:
+    """The most partial sums a parameter gradient may be split into.
+
+    A parameter gradient is a product that reduces over the batch. When the gradient is small (a first conv
+    layer has 9 x 32 weights) its tiles alone give the GPU only a few blocks, so the reduction is split into
+    chunks that run side by side and are added afterwards in a fixed order (see ``reduction_chunks``).
     """
-    return max(1, min(batch, 16))
+    return max(1, min(batch, 32))
+
+
+def reduction_chunks(available: int, rows: int, cols: int) -> int:
+    """How many of the ``available`` chunks a (rows x cols) gradient uses: enough to fill the GPU, no more.
+
+    It depends on the shapes alone, so the same step adds the same numbers in the same order every run.
+    """
+    tiles = blocks_for(rows, TILE) * blocks_for(cols, TILE)
+    return max(1, min(available, TARGET_BLOCKS // tiles))
 
 
 @cuda.jit

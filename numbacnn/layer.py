@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -34,6 +35,9 @@ class Layer:
 
     name: ClassVar[str] = ""
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    # A model sets this to False on its first layer, whose input gradient nobody reads: a layer with
+    # parameters may then skip computing it and return None from backward.
+    needs_input_grad: bool = True
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
@@ -145,6 +149,15 @@ def check_int(layer: str, name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise SpecError(f"{layer}: {name} must be a whole number >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def check_number(layer: str, name: str, value, minimum: float = 0.0, below: float | None = None) -> float:
+    """``value`` as a finite float with ``minimum <= value`` (and ``value < below`` when given)."""
+    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value < minimum or (below is not None and value >= below):
+        limits = f"from {minimum:g} up to (not including) {below:g}" if below is not None else f">= {minimum:g}"
+        raise SpecError(f"{layer}: {name} must be a number {limits}, got {value!r}.")
+    return float(value)
 
 
 def check_pair(layer: str, name: str, value, minimum: int = 1) -> tuple[int, int]:

@@ -101,7 +101,9 @@ class Sequential:
     @property
     def spec(self) -> str:
         """The spec text that rebuilds this architecture."""
-        return " ".join(layer_text(layer.name, layer.get_config()) for layer in self.layers)
+        from .registry import registry
+
+        return " ".join(layer_text(registry.spec_name(type(layer)), layer.get_config()) for layer in self.layers)
 
     def summary(self) -> list[SummaryRow]:
         """Per layer: output shape, weights and biases (a (3,3,1) filter counts 9 weights + 1 bias)."""

@@ -136,6 +136,15 @@ class Registry:
                     continue
         return self.lookup(layer_class.name)
 
+    def spec_name(self, layer_class: type) -> str:
+        """The name a spec text needs for ``layer_class``: plain when that means this class, else package:name."""
+        entry = self.entry_for(layer_class)
+        try:
+            plain_means_it = self.lookup(layer_class.name) is entry
+        except SpecError:  # the plain name is ambiguous
+            plain_means_it = False
+        return layer_class.name if plain_means_it else entry.qualified_name
+
 
 def _same_package(a: str, b: str) -> bool:
     """Distribution names compare as pip does: case, '-', '_' and '.' do not matter."""

@@ -72,6 +72,8 @@ def _arguments(name: str, inside: str) -> tuple[list, dict]:
         raise SpecError(f"The arguments of {name}({shown}) must be numbers, words or lists of them.") from None
     if any(k is None for k in kwargs):
         raise SpecError(f"{name}({shown}): ** is not allowed in a layer spec.")
+    if len(kwargs) < len(call.keywords):
+        raise SpecError(f"{name}({shown}) gives the same argument twice; give each once.")
     return args, kwargs
 
 

@@ -376,11 +376,13 @@ def _random_like(example: Example, shape, salt: int) -> np.ndarray:
 
 def _assert_same(actual, expected, *, what: str, where: str) -> None:
     """Bit-for-bit equality (NaN equals NaN)."""
+    __tracebackhide__ = True  # pytest shows the check's call, not this helper
     _assert_close(actual, expected, what=what, where=where, rtol=0.0, atol=0.0)
 
 
 def _assert_close(actual, expected, *, what: str, where: str, rtol: float, atol: float) -> None:
     """|actual - expected| <= atol + rtol * |expected| everywhere, or an AssertionError saying where not."""
+    __tracebackhide__ = True
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:
         raise AssertionError(f"{where}: {what} has shape {actual.shape}, expected {expected.shape}.")
@@ -408,6 +410,7 @@ def _assert_same_keys(actual: Mapping, expected: Mapping, *, what: str, where: s
 
 def _assert_same_passes(one, other, *, what: str, where: str, rtol=0.0, atol_scale=0.0) -> None:
     """Two (output, input gradient, parameter gradients) triples agree, exactly or within tolerances."""
+    __tracebackhide__ = True
     (y1, dx1, g1), (y2, dx2, g2) = one, other
 
     def check(a, b, name):

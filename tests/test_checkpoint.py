@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import zipfile
 
@@ -210,4 +209,3 @@ def test_meta_records_package_and_version_of_each_layer(saved):
     assert [d["name"] for d in meta["layers"]] == ["conv2d", "relu", "maxpool2d", "flatten", "dropout", "dense"]
     assert {d["package"] for d in meta["layers"]} == {"numbacnn"}
     assert meta["layers"][0]["config"]["filters"] == 4
-    assert os.path.basename(saved) == "model.npz"

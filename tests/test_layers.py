@@ -70,7 +70,7 @@ def conv2d_large_filter_shapes(hyper):
 BUILTIN_CASES = [
     LayerCase("conv2d", hyper=conv2d_hyper, input_shape=conv2d_shapes),
     LayerCase("conv2d", hyper=conv2d_hyper.map(lambda hyper: {**hyper, "kernel_size": 3}),
-              input_shape=conv2d_large_filter_shapes, id="conv2d-large-filters"),
+              input_shape=conv2d_large_filter_shapes, id="conv2d-large-filters", max_examples=10),
     LayerCase("maxpool2d", hyper=pool_hyper, input_shape=pool_shapes),
     LayerCase("avgpool2d", hyper=pool_hyper, input_shape=pool_shapes),
     LayerCase("relu", input_shape=images_or_rows),

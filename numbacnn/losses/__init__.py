@@ -31,9 +31,11 @@ class SoftmaxCrossEntropy:
 
 def _as_target_rows(labels, n: int, k: int, dtype) -> np.ndarray:
     """Integer labels become one-hot rows; rows of probabilities pass through."""
-    if hasattr(labels, "copy_to_host") or (labels.ndim == 2 and labels.shape == (n, k)):
-        return labels if hasattr(labels, "copy_to_host") else np.ascontiguousarray(labels, dtype=dtype)
+    if hasattr(labels, "copy_to_host"):  # already on the GPU, as rows
+        return labels
     labels = np.asarray(labels)
+    if labels.shape == (n, k):
+        return np.ascontiguousarray(labels, dtype=dtype)
     if labels.shape != (n,):
         raise ShapeError(f"Labels of shape {labels.shape} do not match {n} outputs of {k} classes; "
                          f"give {n} class numbers or an ({n}, {k}) one-hot array.")

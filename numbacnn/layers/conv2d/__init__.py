@@ -39,7 +39,6 @@ class Conv2D(Layer):
             raise SpecError(f"conv2d: padding must be 'valid', 'same' or a number, got {padding!r}.")
         if isinstance(padding, (int, list, tuple)):
             check_pair(self.name, "padding", padding, minimum=0)
-        self.needs_input_grad = True
 
     def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(top, left, out_height, out_width) for an input of height ``h`` and width ``w``."""
@@ -93,8 +92,7 @@ class Conv2D(Layer):
     def backward(self, dy):
         x, geometry = self._x, self._geometry()
         db = self.grads["bias"] if self.bias else self.buffer("unused_db", (self.filters,))
-        partial = self.buffer("partial", (self.kernels.param_chunks(x.shape[0]), self._rows() + 1, self.filters))
-        self.kernels.conv2d_backward_params(x, dy, *geometry, partial, self.grads["weight"], db)
+        self.kernels.conv2d_backward_params(x, dy, *geometry, self.grads["weight"], db)
         if not self.needs_input_grad:
             return None
         dx = self.result("dx", x.shape)
@@ -102,6 +100,3 @@ class Conv2D(Layer):
         self.kernels.conv2d_backward_input(dy, w_t, *geometry, dx)
         return dx
 
-    def _rows(self) -> int:
-        """Weights per filter: kernel height x width x input channels."""
-        return self._kernel[0] * self._kernel[1] * self.in_shape[2]

@@ -11,7 +11,7 @@ In the direct kernels the innermost loop runs over a contiguous channel axis so 
 import numpy as np
 from numba import njit, prange
 
-from ...cpu_kernels import FMA, param_chunks, scratch, transpose_last  # noqa: F401  (re-exported)
+from ...cpu_kernels import FMA, scratch, transpose_last  # noqa: F401  (re-exported)
 
 # Filters with at least this many weights (KH * KW * C) go through im2col + BLAS.
 GEMM_MIN_WEIGHTS = 32
@@ -40,9 +40,9 @@ def conv2d_backward_input(dy, w_t, stride_h, stride_w, pad_top, pad_left, dx):
     col2im(dcol, KH, KW, stride_h, stride_w, pad_top, pad_left, dy.shape[1], dy.shape[2], dx)
 
 
-def conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_left, partial, dw, db):
+def conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_left, dw, db):
     """dw and db summed over the batch, always as one matrix product: its inner dimension is every output
-    position of the batch, large enough for BLAS whatever the filter size. (``partial`` is unused here.)"""
+    position of the batch, large enough for BLAS whatever the filter size."""
     F = dw.shape[3]
     col = _im2col(x, dw.shape, stride_h, stride_w, pad_top, pad_left, dy.shape)
     rows = dy.reshape((-1, F))

@@ -12,8 +12,8 @@ into ZERO where the filter hangs over the padding. ``geometry`` is the tuple mad
 
 from numba import cuda
 
-from ...cuda_kernels import ONE, ZERO, flat, launch_product, param_chunks, product_kernel, sum_chunks  # noqa: F401
-from ...cuda_kernels import transpose_last  # noqa: F401  (re-exported kernel)
+from ...cuda_kernels import ONE, ZERO, flat, launch_product, partial_sums, product_kernel, sum_chunks
+from ...cuda_kernels import transpose_last  # noqa: F401  (re-exported kernels)
 
 # Positions in the geometry tuple.
 N, H, W, C, OH, OW, KH, KW, F, SH, SW, TOP, LEFT = range(13)
@@ -105,10 +105,11 @@ def conv2d_backward_input(dy, w_t, stride_h, stride_w, pad_top, pad_left, dx):
     launch_product(kernel, flat(dy), flat(w_t), None, dx.reshape((1, p, c)), p, c, kh * kw * f, g)
 
 
-def conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_left, partial, dw, db):
-    """dw and db summed over the batch, through ``partial`` (chunks, R + 1, F) summed in a fixed order."""
+def conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_left, dw, db):
+    """dw and db summed over the batch, through partial sums (chunks, R + 1, F) added in a fixed order."""
     g = _geometry(x.shape, dw.shape, dy.shape[1:3], stride_h, stride_w, pad_top, pad_left)
     m, r, f = g[N] * g[OH] * g[OW], g[KH] * g[KW] * g[C], g[F]
+    partial = partial_sums(g[N], r + 1, f, dw.dtype)
     kernel = product_kernel(_x_col_transposed_with_ones, _row_major_f, False, True, False, dw.dtype)
     launch_product(kernel, flat(x), flat(dy), None, partial, r + 1, f, m, g)
     sum_chunks(partial, dw.reshape((r, f)), db)

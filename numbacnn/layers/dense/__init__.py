@@ -17,7 +17,6 @@ class Dense(Layer):
         super().__init__()
         self.units = check_int(self.name, "units", units)
         self.bias = bool(bias)
-        self.needs_input_grad = True
 
     def output_shape(self, in_shape):
         if len(in_shape) != 1:
@@ -49,8 +48,7 @@ class Dense(Layer):
     def backward(self, dy):
         x = self._x
         db = self.grads["bias"] if self.bias else self.buffer("unused_db", (self.units,))
-        partial = self.buffer("partial", (self.kernels.param_chunks(x.shape[0]), x.shape[1] + 1, self.units))
-        self.kernels.dense_backward_params(x, dy, partial, self.grads["weight"], db)
+        self.kernels.dense_backward_params(x, dy, self.grads["weight"], db)
         if not self.needs_input_grad:
             return None
         dx = self.result("dx", x.shape)

@@ -6,7 +6,7 @@ loop would only be slower.
 
 import numpy as np
 
-from ...cpu_kernels import fill_zero, param_chunks  # noqa: F401  (re-exported kernels)
+from ...cpu_kernels import fill_zero  # noqa: F401  (re-exported kernels)
 
 
 def dense_forward(x, w, b, out):
@@ -20,7 +20,7 @@ def dense_backward_input(dy, w, dx):
     np.matmul(dy, w.T, out=dx)
 
 
-def dense_backward_params(x, dy, partial, dw, db):
-    """dw = x.T @ dy and db = dy summed over rows (``partial`` is unused on the CPU)."""
+def dense_backward_params(x, dy, dw, db):
+    """dw = x.T @ dy and db = dy summed over rows."""
     np.matmul(x.T, dy, out=dw)
     np.sum(dy, axis=0, out=db)

@@ -6,7 +6,8 @@ product sit in the flat arrays.
 
 from numba import cuda
 
-from ...cuda_kernels import ONE, fill_zero, flat, launch_product, param_chunks, product_kernel, sum_chunks  # noqa: F401
+from ...cuda_kernels import ONE, flat, launch_product, partial_sums, product_kernel, sum_chunks
+from ...cuda_kernels import fill_zero  # noqa: F401  (re-exported kernels)
 
 
 @cuda.jit(device=True)
@@ -55,9 +56,10 @@ def dense_backward_input(dy, w, dx):
     launch_product(kernel, flat(dy), flat(w), None, dx.reshape((1, n, d)), n, d, u, (n, d, u))
 
 
-def dense_backward_params(x, dy, partial, dw, db):
-    """dw = x.T @ dy and db = dy summed over rows, via ``partial`` (chunks, D + 1, U) summed in a fixed order."""
+def dense_backward_params(x, dy, dw, db):
+    """dw = x.T @ dy and db = dy summed over rows, via partial sums (chunks, D + 1, U) added in a fixed order."""
     (n, d), u = x.shape, dy.shape[1]
+    partial = partial_sums(n, d + 1, u, dw.dtype)
     kernel = product_kernel(_x_transposed_with_ones, _dy_row_major, False, True, False, dw.dtype)
     launch_product(kernel, flat(x), flat(dy), None, partial, d + 1, u, n, (n, d, u))
     sum_chunks(partial, dw, db)

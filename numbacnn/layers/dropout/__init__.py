@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from ...errors import SpecError
-from ...layer import Layer
+from ...layer import Layer, check_number
 
 
 class Dropout(Layer):
@@ -17,9 +16,7 @@ class Dropout(Layer):
 
     def __init__(self, rate=0.5):
         super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise SpecError(f"dropout: rate must be a number from 0 up to (not including) 1, got {rate!r}.")
-        self.rate = float(rate)
+        self.rate = check_number(self.name, "rate", rate, 0.0, below=1.0)
 
     def build(self, in_shape, *, rng, dtype=np.float32, device="cpu"):
         # Its own stream of random numbers, drawn from the model's: the same seed drops the same inputs.
