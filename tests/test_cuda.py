@@ -107,18 +107,11 @@ def test_conv2d_matches_cpu(case, seed):
     conv_cuda.conv2d_forward(x_d, w_d, b_d, *geometry, out_d)
     assert_close(out_d, out, dtype)
 
-    w_t_d = conv_cuda.transpose_last(w_d)
-    np.testing.assert_array_equal(GPU.to_host(w_t_d), conv_cpu.transpose_last(weight))
-    dx = np.empty_like(x)
-    conv_cpu.conv2d_backward_input(dy, conv_cpu.transpose_last(weight), *geometry, dx)
-    dx_d = empty_gpu(x.shape, dtype)
-    conv_cuda.conv2d_backward_input(dy_d, w_t_d, *geometry, dx_d)
+    dx, dw, db = np.empty_like(x), np.empty_like(weight), np.empty_like(bias)
+    conv_cpu.conv2d_backward(x, dy, weight, *geometry, dw, db, dx)
+    dx_d, dw_d, db_d = empty_gpu(x.shape, dtype), empty_gpu(dw.shape, dtype), empty_gpu(db.shape, dtype)
+    conv_cuda.conv2d_backward(x_d, dy_d, w_d, *geometry, dw_d, db_d, dx_d)
     assert_close(dx_d, dx, dtype)
-
-    dw, db = np.empty_like(weight), np.empty_like(bias)
-    conv_cpu.conv2d_backward_params(x, dy, *geometry, dw, db)
-    dw_d, db_d = empty_gpu(dw.shape, dtype), empty_gpu(db.shape, dtype)
-    conv_cuda.conv2d_backward_params(x_d, dy_d, *geometry, dw_d, db_d)
     assert_close(dw_d, dw, dtype)
     assert_close(db_d, db, dtype)
 

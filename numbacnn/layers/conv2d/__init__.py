@@ -92,11 +92,7 @@ class Conv2D(Layer):
     def backward(self, dy):
         x, geometry = self._x, self._geometry()
         db = self.grads["bias"] if self.bias else self.buffer("unused_db", (self.filters,))
-        self.kernels.conv2d_backward_params(x, dy, *geometry, self.grads["weight"], db)
-        if not self.needs_input_grad:
-            return None
-        dx = self.result("dx", x.shape)
-        w_t = self.kernels.transpose_last(self.params["weight"])
-        self.kernels.conv2d_backward_input(dy, w_t, *geometry, dx)
+        dx = self.result("dx", x.shape) if self.needs_input_grad else None
+        self.kernels.conv2d_backward(x, dy, self.params["weight"], *geometry, self.grads["weight"], db, dx)
         return dx
 

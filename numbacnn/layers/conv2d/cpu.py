@@ -11,7 +11,7 @@ In the direct kernels the innermost loop runs over a contiguous channel axis so 
 import numpy as np
 from numba import njit, prange
 
-from ...cpu_kernels import FMA, scratch, transpose_last  # noqa: F401  (re-exported)
+from ...cpu_kernels import FMA, scratch, transpose_last
 
 # Filters with at least this many weights (KH * KW * C) go through im2col + BLAS.
 GEMM_MIN_WEIGHTS = 32
@@ -28,26 +28,79 @@ def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
     rows += b
 
 
-def conv2d_backward_input(dy, w_t, stride_h, stride_w, pad_top, pad_left, dx):
-    """dx[n, ih, iw, c] = sum of dy[n, oh, ow, f] * w[kh, kw, c, f]; ``w_t`` is w as (KH, KW, F, C)."""
-    KH, KW, F, C = w_t.shape
-    if KH * KW * C < GEMM_MIN_WEIGHTS:
-        return conv2d_backward_input_direct(dy, w_t, stride_h, stride_w, pad_top, pad_left, dx)
-    dcol = scratch("dcol", (dy.shape[0] * dy.shape[1] * dy.shape[2], KH * KW * C), dx.dtype)
-    # (w_t as F x (KH KW C) rows) is the transposed weight matrix the product needs.
-    w_rows = np.ascontiguousarray(w_t.transpose(2, 0, 1, 3)).reshape((F, -1))
-    np.matmul(dy.reshape((-1, F)), w_rows, out=dcol)
-    col2im(dcol, KH, KW, stride_h, stride_w, pad_top, pad_left, dy.shape[1], dy.shape[2], dx)
-
-
-def conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_left, dw, db):
-    """dw and db summed over the batch, always as one matrix product: its inner dimension is every output
-    position of the batch, large enough for BLAS whatever the filter size."""
-    F = dw.shape[3]
-    col = _im2col(x, dw.shape, stride_h, stride_w, pad_top, pad_left, dy.shape)
+def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=None):
+    """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input."""
+    KH, KW, C, F = w.shape
     rows = dy.reshape((-1, F))
-    np.matmul(col.T, rows, out=dw.reshape((-1, F)))
     np.sum(rows, axis=0, out=db)
+    geometry = (stride_h, stride_w, pad_top, pad_left)
+    if C >= SPARSE_MIN_CHANNELS and np.count_nonzero(rows) < SPARSE_MAX_DENSITY * rows.size:
+        partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, F, C), dw.dtype)
+        no_dx = scratch("no_dx", (1, 1, 1, 1), dw.dtype)
+        backward_sparse(x, dy, transpose_last(w), *geometry, partial, no_dx if dx is None else dx, dx is not None)
+        dw[:] = partial.sum(axis=0).transpose(0, 1, 3, 2)
+        return
+    # dw's inner dimension is every output position of the batch: large enough for BLAS at any filter size.
+    col = _im2col(x, w.shape, *geometry, dy.shape)
+    np.matmul(col.T, rows, out=dw.reshape((-1, F)))
+    if dx is None:
+        return
+    if KH * KW * C < GEMM_MIN_WEIGHTS:
+        return conv2d_backward_input_direct(dy, transpose_last(w), *geometry, dx)
+    dcol = scratch("dcol", col.shape, dx.dtype)
+    np.matmul(rows, w.reshape((-1, F)).T, out=dcol)
+    col2im(dcol, KH, KW, *geometry, dy.shape[1], dy.shape[2], dx)
+
+
+# Below this fraction of non-zero output gradients, the sparse kernel beats im2col + BLAS. Behind ReLU and
+# 2x2 max pooling at most a quarter of them are non-zero (one per window); in practice about a tenth.
+# Its inner loops run over the input channels: with fewer than this many, loop overhead eats the gain.
+SPARSE_MAX_DENSITY = 0.3
+SPARSE_MIN_CHANNELS = 8
+SPARSE_CHUNKS = 16
+
+
+@njit(parallel=True, cache=True, fastmath=FMA)
+def backward_sparse(x, dy, w_t, stride_h, stride_w, pad_top, pad_left, partial, dx, need_dx):
+    """dw (as partial sums, (KH, KW, F, C) each) and dx from the non-zero output gradients only.
+
+    Each non-zero g = dy[n, oh, ow, f] adds g * x[n, ih, iw, :] to dw[kh, kw, :, f] and g * w[kh, kw, :, f]
+    to dx[n, ih, iw, :] for every tap (kh, kw): runs over the contiguous channel axis. The batch is cut into
+    a fixed number of chunks, each summing into its own slice of ``partial``; the caller adds the slices in
+    order, so the result repeats bit for bit.
+    """
+    N, H, W, C = x.shape
+    KH, KW, F, _ = w_t.shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    chunks = partial.shape[0]
+    per_chunk = (N + chunks - 1) // chunks
+    for t in prange(chunks):
+        acc = partial[t]
+        acc[:] = 0
+        for n in range(t * per_chunk, min(N, (t + 1) * per_chunk)):
+            if need_dx:
+                dx[n] = 0
+            for oh in range(OH):
+                for ow in range(OW):
+                    for f in range(F):
+                        g = dy[n, oh, ow, f]
+                        if g == 0:
+                            continue
+                        for kh in range(KH):
+                            ih = oh * stride_h + kh - pad_top
+                            if ih < 0 or ih >= H:
+                                continue
+                            for kw in range(KW):
+                                iw = ow * stride_w + kw - pad_left
+                                if iw < 0 or iw >= W:
+                                    continue
+                                source, target = x[n, ih, iw], acc[kh, kw, f]
+                                for c in range(C):
+                                    target[c] += g * source[c]
+                                if need_dx:
+                                    weights, back = w_t[kh, kw, f], dx[n, ih, iw]
+                                    for c in range(C):
+                                        back[c] += g * weights[c]
 
 
 def _im2col(x, w_shape, stride_h, stride_w, pad_top, pad_left, out_shape):
@@ -72,9 +125,10 @@ def im2col(x, KH, KW, stride_h, stride_w, pad_top, pad_left, OH, OW, col):
                     ih = oh * stride_h + kh - pad_top
                     for kw in range(KW):
                         iw = ow * stride_w + kw - pad_left
-                        inside = 0 <= ih < H and 0 <= iw < W
-                        for c in range(C):
-                            row[k + c] = x[n, ih, iw, c] if inside else 0
+                        if 0 <= ih < H and 0 <= iw < W:
+                            row[k:k + C] = x[n, ih, iw]
+                        else:
+                            row[k:k + C] = 0
                         k += C
 
 

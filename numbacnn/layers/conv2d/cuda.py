@@ -105,6 +105,14 @@ def conv2d_backward_input(dy, w_t, stride_h, stride_w, pad_top, pad_left, dx):
     launch_product(kernel, flat(dy), flat(w_t), None, dx.reshape((1, p, c)), p, c, kh * kw * f, g)
 
 
+def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=None):
+    """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input."""
+    geometry = (stride_h, stride_w, pad_top, pad_left)
+    conv2d_backward_params(x, dy, *geometry, dw, db)
+    if dx is not None:
+        conv2d_backward_input(dy, transpose_last(w), *geometry, dx)
+
+
 def conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_left, dw, db):
     """dw and db summed over the batch, through partial sums (chunks, R + 1, F) added in a fixed order."""
     g = _geometry(x.shape, dw.shape, dy.shape[1:3], stride_h, stride_w, pad_top, pad_left)

@@ -1,0 +1,67 @@
+"""conv2d's CPU backward has three paths (direct kernels, BLAS, and a kernel for sparse output gradients);
+each must give the same gradients as the others and as a plain NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numbacnn.layers.conv2d import cpu
+
+
+def reference(x, w, dy, stride, pad):
+    """dx, dw, db by explicit loops over a zero-padded input (float64)."""
+    (n, h, wd, c), (kh, kw, _, f) = x.shape, w.shape
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for oh in range(dy.shape[1]):
+        for ow in range(dy.shape[2]):
+            patch = xp[:, oh * stride:oh * stride + kh, ow * stride:ow * stride + kw, :]
+            g = dy[:, oh, ow, :]
+            dw += np.einsum("nhwc,nf->hwcf", patch, g)
+            dxp[:, oh * stride:oh * stride + kh, ow * stride:ow * stride + kw, :] += np.einsum("hwcf,nf->nhwc", w, g)
+    return dxp[:, pad:pad + h, pad:pad + wd, :], dw, dy.sum(axis=(0, 1, 2))
+
+
+@st.composite
+def cases(draw):
+    c = draw(st.integers(8, 10))  # 3x3xC >= 32 weights and C >= 8: the BLAS and sparse paths
+    size, stride, pad = draw(st.integers(3, 7)), draw(st.integers(1, 2)), draw(st.integers(0, 1))
+    n, f = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    density = draw(st.sampled_from([0.0, 0.05, 0.2, 0.6, 1.0]))
+    return n, size, c, f, stride, pad, density, draw(st.integers(0, 2**16))
+
+
+@pytest.mark.parametrize("path", ["sparse", "blas"])
+@settings(max_examples=25, deadline=None)
+@given(case=cases())
+def test_each_backward_path_matches_the_reference(path, case):
+    n, size, c, f, stride, pad, density, seed = case
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "SPARSE_MAX_DENSITY", 2.0 if path == "sparse" else -1.0)
+        check_backward(n, size, c, f, stride, pad, density, seed)
+
+
+def check_backward(n, size, c, f, stride, pad, density, seed):
+    rng = np.random.default_rng(seed)
+    x, w = rng.normal(size=(n, size, size, c)), rng.normal(size=(3, 3, c, f))
+    out_size = (size + 2 * pad - 3) // stride + 1
+    dy = rng.normal(size=(n, out_size, out_size, f)) * (rng.random((n, out_size, out_size, f)) < density)
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(f)
+    cpu.conv2d_backward(x, dy, w, stride, stride, pad, pad, dw, db, dx)
+    dx_ref, dw_ref, db_ref = reference(x, w, dy, stride, pad)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_the_sparse_path_without_an_input_gradient_still_fills_the_weights(monkeypatch):
+    monkeypatch.setattr(cpu, "SPARSE_MAX_DENSITY", 2.0)
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(2, 6, 6, 8)), rng.normal(size=(3, 3, 8, 3))
+    dy = rng.normal(size=(2, 4, 4, 3)) * (rng.random((2, 4, 4, 3)) < 0.2)
+    dw, db = np.full_like(w, np.nan), np.empty(3)
+    cpu.conv2d_backward(x, dy, w, 1, 1, 0, 0, dw, db, None)
+    np.testing.assert_allclose(dw, reference(x, w, dy, 1, 0)[1], rtol=1e-10, atol=1e-10)
