@@ -8,7 +8,13 @@ Layers come from the entry-point group ``numbacnn.layers`` (see ``numbacnn.regis
 is the conformance kit for layer plug-ins.
 """
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# Numba's OpenMP threads otherwise spin for a while after each parallel loop, and on a small machine they
+# then take the cores from the BLAS product that runs next (that cost a third of a training step on two
+# cores). Set before numba starts its threads; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .checkpoint import load, save
 from .errors import (

@@ -74,10 +74,10 @@ def _layer_times(model: Sequential, x, labels, timing) -> list[dict[str, Any]]:
     it (the gradients matter: behind ReLU and max pooling most are zero, which the kernels exploit)."""
     inputs, dys = _one_training_step(model, x, labels)
     rows = []
-    for layer, x_in, dy in zip(model.layers, inputs, dys):
+    for layer, x_in, dy in zip(model.execution_order, inputs, dys):
         forward_s = median_seconds(lambda: layer.forward(x_in, training=True), **timing)
         both_s = median_seconds(lambda: (layer.forward(x_in, training=True), layer.backward(dy)), **timing)
-        rows.append({"layer": repr(layer), "out_shape": list(layer.out_shape),
+        rows.append({"layer": repr(layer), "out_shape": list(layer.forward(x_in, training=True).shape[1:]),
                      "forward_ms": forward_s * 1e3, "backward_ms": max(both_s - forward_s, 0.0) * 1e3})
     return rows
 
@@ -85,12 +85,12 @@ def _layer_times(model: Sequential, x, labels, timing) -> list[dict[str, Any]]:
 def _one_training_step(model: Sequential, x, labels):
     """Each layer's input and output gradient in one training step, copied so later calls cannot change them."""
     inputs = []
-    for layer in model.layers:
+    for layer in model.execution_order:
         inputs.append(x)
         x = _copy(model, layer.forward(x, training=True))
     _, dy, _ = SoftmaxCrossEntropy(model.device)(x, labels)
     dys = []
-    for layer in reversed(model.layers):
+    for layer in reversed(model.execution_order):
         dys.append(_copy(model, dy))
         dy = layer.backward(dy)
     return inputs, dys[::-1]

@@ -262,7 +262,7 @@ def test_small_network_gradients_match_central_differences():
     # Analytic: parameter gradients through the model, plus the first layer's input gradient.
     model.layers[0].needs_input_grad = True
     _, dy, _ = loss_fn(model.forward(x, training=True), labels)
-    for layer in reversed(model.layers):
+    for layer in reversed(model.execution_order):
         dy = layer.backward(dy)
     analytic = {(i, k): g.copy() for i, layer in enumerate(model.layers) for k, g in layer.grads.items()}
     assert set(analytic) == {(0, "weight"), (0, "bias"), (4, "weight"), (4, "bias")}
@@ -332,3 +332,26 @@ def test_fit_lowers_the_loss_on_a_learnable_problem():
     results = fit(model, Adam(lr=0.01), images, labels, epochs=6, batch_size=32, test=(images, labels))
     assert results[-1].loss < results[0].loss
     assert results[-1].test_accuracy > 0.9
+
+
+def test_relu_before_max_pooling_runs_after_it_with_exactly_the_same_results(monkeypatch):
+    import numbacnn.model as model_module
+
+    spec = "conv2d(3,3) relu maxpool2d(2) conv2d(4,2) relu maxpool2d(2,1) flatten dense(5)"
+    swapped = Sequential(spec, input_shape=(9, 9, 2)).build(seed=3, dtype=np.float64)
+    assert [layer.name for layer in swapped.execution_order][:3] == ["conv2d", "maxpool2d", "relu"]
+    monkeypatch.setattr(model_module, "run_order", list)
+    as_written = Sequential(spec, input_shape=(9, 9, 2)).build(seed=3, dtype=np.float64)
+    assert [layer.name for layer in as_written.execution_order][:3] == ["conv2d", "relu", "maxpool2d"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 9, 9, 2))
+    x[0, :3, :3, :] = 0  # zeros and ties: where ReLU and the max meet
+    outputs = []
+    for model in (swapped, as_written):
+        out = model.forward(x, training=True).copy()
+        model.backward(np.ones_like(out))
+        outputs.append((out, [g.copy() for _, g in model.parameters()]))
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    for a, b in zip(outputs[0][1], outputs[1][1]):
+        np.testing.assert_array_equal(a, b)
+    assert swapped.summary()[1].out_shape == (7, 7, 3)  # the summary keeps the order as written

@@ -11,7 +11,7 @@ In the direct kernels the innermost loop runs over a contiguous channel axis so 
 import numpy as np
 from numba import njit, prange
 
-from ...cpu_kernels import FMA, scratch, transpose_last
+from ...cpu_kernels import FMA, matmul, scratch, transpose_last
 
 # Filters with at least this many weights (KH * KW * C) go through im2col + BLAS.
 GEMM_MIN_WEIGHTS = 32
@@ -24,7 +24,7 @@ def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
         return conv2d_forward_direct(x, w, b, stride_h, stride_w, pad_top, pad_left, out)
     col = _im2col(x, w.shape, stride_h, stride_w, pad_top, pad_left, out.shape)
     rows = out.reshape((-1, F))
-    np.matmul(col, w.reshape((-1, F)), out=rows)
+    matmul(col, w.reshape((-1, F)), out=rows)
     rows += b
 
 
@@ -40,15 +40,19 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
         backward_sparse(x, dy, transpose_last(w), *geometry, partial, no_dx if dx is None else dx, dx is not None)
         dw[:] = partial.sum(axis=0).transpose(0, 1, 3, 2)
         return
-    # dw's inner dimension is every output position of the batch: large enough for BLAS at any filter size.
+    if KH * KW * C < GEMM_MIN_WEIGHTS:
+        partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, C, F), dw.dtype)
+        conv2d_backward_params_direct(x, dy, *geometry, partial)
+        dw[:] = partial.sum(axis=0)
+        if dx is not None:
+            conv2d_backward_input_direct(dy, transpose_last(w), *geometry, dx)
+        return
     col = _im2col(x, w.shape, *geometry, dy.shape)
-    np.matmul(col.T, rows, out=dw.reshape((-1, F)))
+    matmul(col.T, rows, out=dw.reshape((-1, F)))
     if dx is None:
         return
-    if KH * KW * C < GEMM_MIN_WEIGHTS:
-        return conv2d_backward_input_direct(dy, transpose_last(w), *geometry, dx)
     dcol = scratch("dcol", col.shape, dx.dtype)
-    np.matmul(rows, w.reshape((-1, F)).T, out=dcol)
+    matmul(rows, w.reshape((-1, F)).T, out=dcol)
     col2im(dcol, KH, KW, *geometry, dy.shape[1], dy.shape[2], dx)
 
 
@@ -177,6 +181,35 @@ def conv2d_forward_direct(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
                             for f in range(F):
                                 acc[ow, f] += v * wk[f]
             out[n, oh] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=FMA)
+def conv2d_backward_params_direct(x, dy, stride_h, stride_w, pad_top, pad_left, partial):
+    """dw as partial sums over fixed chunks of the batch (added in order by the caller, so repeatable);
+    for small filters, where an im2col matrix would be all overhead."""
+    N, H, W, C = x.shape
+    _, KH, KW, _, F = partial.shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    chunks = partial.shape[0]
+    per_chunk = (N + chunks - 1) // chunks
+    for t in prange(chunks):
+        acc = partial[t]
+        acc[:] = 0
+        for n in range(t * per_chunk, min(N, (t + 1) * per_chunk)):
+            for oh in range(OH):
+                for kh in range(KH):
+                    ih = oh * stride_h + kh - pad_top
+                    if ih < 0 or ih >= H:
+                        continue
+                    for kw in range(KW):
+                        first, last = _inside(kw - pad_left, stride_w, W, OW)
+                        for c in range(C):
+                            target = acc[kh, kw, c]
+                            for ow in range(first, last):
+                                v = x[n, ih, ow * stride_w + kw - pad_left, c]
+                                g = dy[n, oh, ow]
+                                for f in range(F):
+                                    target[f] += v * g[f]
 
 
 @njit(cache=True, inline="always")

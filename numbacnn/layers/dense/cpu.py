@@ -6,21 +6,21 @@ loop would only be slower.
 
 import numpy as np
 
-from ...cpu_kernels import fill_zero  # noqa: F401  (re-exported kernels)
+from ...cpu_kernels import fill_zero, matmul  # noqa: F401  (fill_zero: re-exported kernel)
 
 
 def dense_forward(x, w, b, out):
     """out = x @ w + b."""
-    np.matmul(x, w, out=out)
+    matmul(x, w, out=out)
     out += b
 
 
 def dense_backward_input(dy, w, dx):
     """dx = dy @ w.T."""
-    np.matmul(dy, w.T, out=dx)
+    matmul(dy, w.T, out=dx)
 
 
 def dense_backward_params(x, dy, dw, db):
     """dw = x.T @ dy and db = dy summed over rows."""
-    np.matmul(x.T, dy, out=dw)
+    matmul(x.T, dy, out=dw)
     np.sum(dy, axis=0, out=db)
