@@ -27,8 +27,8 @@ app = typer.Typer(
 data_app = typer.Typer(help="Fetch the data sets and show where they are kept.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Dataset(str, Enum):
@@ -122,6 +122,9 @@ def train(
     schedule: Schedule = typer.Option(
         Schedule.cosine, "--schedule", help="Learning rate over the run: cosine (decays to zero) or constant."
     ),
+    stop_at: Optional[float] = typer.Option(
+        None, "--stop-at", min=0.0, max=1.0, help="End early once the test accuracy reaches this, e.g. 0.99."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the weights, the batch order and dropout: same seed, same run."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on the first N training images only."),
     output: Path = typer.Option(
@@ -156,7 +159,8 @@ def train(
 
     with TrainingProgress(err, epochs) as progress:
         results = fit(net, opt, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-                      test=(x_test, y_test), schedule=schedule.value, on_batch=progress.batch,
+                      test=(x_test, y_test), schedule=schedule.value, stop_at=stop_at,
+                      on_batch=progress.batch,
                       on_epoch=lambda r: (save(r), progress.epoch(r)))
     last = results[-1]
     out.print(f"Test accuracy: [bold]{last.test_accuracy:.2%}[/] on {len(x_test):,} {dataset.value} test images "

@@ -170,6 +170,36 @@ def check_pair(layer: str, name: str, value, minimum: int = 1) -> tuple[int, int
     return v, v
 
 
+def check_padding(layer: str, padding) -> str | tuple[int, int]:
+    """"valid", "same", or the zero rows and columns added on each side as a pair; ``SpecError`` otherwise."""
+    if padding in ("valid", "same"):
+        return padding
+    if isinstance(padding, (bool, str)) or not isinstance(padding, (int, np.integer, list, tuple)):
+        raise SpecError(f"{layer}: padding must be 'valid', 'same' or a number, got {padding!r}.")
+    return check_pair(layer, "padding", padding, minimum=0)
+
+
+def filter_geometry(layer: str, in_shape: Shape, kernel: tuple[int, int], stride: tuple[int, int],
+                    padding: str | tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, out_height, out_width) of a filter slid over an image input: the padding before the first
+    row and column, and the output size. "same" pads so that output = ceil(input / stride), as Keras does.
+    ``ShapeError`` when the filter does not fit (``padding`` as ``check_padding`` returns it)."""
+    h, w, _ = check_image_shape(layer, in_shape)
+    (kh, kw), (sh, sw) = kernel, stride
+    if padding == "same":
+        oh, ow = math.ceil(h / sh), math.ceil(w / sw)
+        top, left = max((oh - 1) * sh + kh - h, 0) // 2, max((ow - 1) * sw + kw - w, 0) // 2
+    else:
+        top, left = (0, 0) if padding == "valid" else padding
+        oh, ow = (h + 2 * top - kh) // sh + 1, (w + 2 * left - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ShapeError(
+            f"{layer}: a {kh}x{kw} filter does not fit a {h}x{w} input; "
+            f"use a smaller kernel_size, padding='same', or fewer pooling layers before it."
+        )
+    return top, left, oh, ow
+
+
 def check_image_shape(layer: str, in_shape: Shape) -> tuple[int, int, int]:
     """``in_shape`` as (height, width, channels), or a ``ShapeError`` saying what to put before the layer."""
     if len(in_shape) != 3:

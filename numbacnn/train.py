@@ -59,6 +59,7 @@ def fit(
     seed: int = 0,
     test: tuple[np.ndarray, np.ndarray] | None = None,
     schedule: str = "constant",
+    stop_at: float | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> list[EpochResult]:
@@ -68,10 +69,11 @@ def fit(
     the model's device once; per batch only the loss and the count of right answers come back.
     ``schedule`` is "constant" (the optimiser's learning rate throughout) or "cosine" (from it down to zero
     along half a cosine over the whole run, which reaches a given accuracy in fewer epochs).
+    ``stop_at``: end the run after the first epoch whose test accuracy reaches it (needs ``test``).
     ``on_epoch`` runs after each epoch (a good place to save a checkpoint).
     """
     device = model.device
-    x_all, y_all = device.to_device(images.astype(model.dtype)), labels
+    x_all, y_all = device.to_device(images.astype(model.dtype, copy=False)), labels
     loss_fn = SoftmaxCrossEntropy(device)
     order_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
     n = len(images)
@@ -102,6 +104,8 @@ def fit(
         results.append(result)
         if on_epoch:
             on_epoch(result)
+        if stop_at is not None and result.test_accuracy is not None and result.test_accuracy >= stop_at:
+            break
     return results
 
 
@@ -117,7 +121,7 @@ def learning_rate_schedule(name: str, base_lr: float, total_steps: int) -> Calla
     raise SpecError(f"Unknown learning-rate schedule {name!r}; choose one of: {', '.join(SCHEDULES)}.")
 
 
-def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on prepared ``images`` and integer ``labels``."""
     loss_fn = SoftmaxCrossEntropy(model.device)
     total_loss, correct = 0.0, 0

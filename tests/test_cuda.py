@@ -22,6 +22,7 @@ from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from numbacnn.device import get_device  # noqa: E402
+from numbacnn.errors import ShapeError  # noqa: E402
 from numbacnn.layers.avgpool2d import cpu as avgpool_cpu, cuda as avgpool_cuda  # noqa: E402
 from numbacnn.layers.conv2d import Conv2D  # noqa: E402
 from numbacnn.layers.conv2d import cpu as conv_cpu, cuda as conv_cuda  # noqa: E402
@@ -80,10 +81,10 @@ def conv_cases(draw):
     kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
     padding = draw(st.sampled_from(["valid", "same", 0, 1, 2]))
-    layer = Conv2D(filters, kernel, stride, padding)
-    top, left, oh, ow = layer._padding(h, w)
-    if oh < 1 or ow < 1:  # the filter does not fit: "same" padding always makes it fit
-        top, left, oh, ow = Conv2D(filters, kernel, stride, "same")._padding(h, w)
+    try:
+        top, left, oh, ow = Conv2D(filters, kernel, stride, padding)._geometry_for((h, w, c))
+    except ShapeError:  # the filter does not fit: "same" padding always makes it fit
+        top, left, oh, ow = Conv2D(filters, kernel, stride, "same")._geometry_for((h, w, c))
     return (n, h, w, c), filters, kernel, stride, (top, left, oh, ow), draw(DTYPES)
 
 

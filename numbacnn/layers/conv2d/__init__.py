@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ...errors import ShapeError, SpecError
-from ...layer import Layer, as_config_value, check_image_shape, check_int, check_pair
 from ...initializers import he_normal
+from ...layer import Layer, as_config_value, check_int, check_pair, check_padding, filter_geometry
 
 
 class Conv2D(Layer):
@@ -35,30 +32,14 @@ class Conv2D(Layer):
         self.bias = bool(bias)
         self._kernel = check_pair(self.name, "kernel_size", kernel_size)
         self._stride = check_pair(self.name, "stride", stride)
-        if not (padding in ("valid", "same") or isinstance(padding, (int, list, tuple))):
-            raise SpecError(f"conv2d: padding must be 'valid', 'same' or a number, got {padding!r}.")
-        if isinstance(padding, (int, list, tuple)):
-            check_pair(self.name, "padding", padding, minimum=0)
+        self._padding = check_padding(self.name, padding)
 
-    def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
-        """(top, left, out_height, out_width) for an input of height ``h`` and width ``w``."""
-        (kh, kw), (sh, sw) = self._kernel, self._stride
-        if self.padding == "same":
-            oh, ow = math.ceil(h / sh), math.ceil(w / sw)
-            top = max((oh - 1) * sh + kh - h, 0) // 2
-            left = max((ow - 1) * sw + kw - w, 0) // 2
-            return top, left, oh, ow
-        ph, pw = (0, 0) if self.padding == "valid" else check_pair(self.name, "padding", self.padding, 0)
-        return ph, pw, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    def _geometry_for(self, in_shape) -> tuple[int, int, int, int]:
+        """(top, left, out_height, out_width) for ``in_shape``."""
+        return filter_geometry(self.name, in_shape, self._kernel, self._stride, self._padding)
 
     def output_shape(self, in_shape):
-        h, w, _ = check_image_shape(self.name, in_shape)
-        _, _, oh, ow = self._padding(h, w)
-        if oh < 1 or ow < 1:
-            raise ShapeError(
-                f"conv2d: a {self._kernel[0]}x{self._kernel[1]} filter does not fit a {h}x{w} input; "
-                f"use a smaller kernel_size, padding='same', or fewer pooling layers before it."
-            )
+        _, _, oh, ow = self._geometry_for(in_shape)
         return (oh, ow, self.filters)
 
     def init_params(self, in_shape, rng):
@@ -75,7 +56,7 @@ class Conv2D(Layer):
         return f"{self.filters} filters of shape ({kh},{kw},{c}), each {per_filter}"
 
     def _geometry(self):
-        top, left, _, _ = self._padding(self.in_shape[0], self.in_shape[1])
+        top, left, _, _ = self._geometry_for(self.in_shape)
         return self._stride[0], self._stride[1], top, left
 
     def _bias(self):

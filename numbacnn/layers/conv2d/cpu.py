@@ -1,8 +1,10 @@
-"""Conv2D on the CPU, channels last, in two ways chosen by the size of a filter.
+"""Conv2D on the CPU, channels last, in three ways chosen by the filter size and the gradient.
 
 - Direct kernels, parallel over the batch, for small filters (the first layer's (3,3,1) has 9 weights): a
   matrix product with an inner dimension of 9 runs at a few percent of BLAS speed.
 - im2col + BLAS matrix products for larger filters, where the product is big enough for BLAS to shine.
+- For the backward pass, when most output gradients are zero (ReLU and max pooling after the convolution
+  leave about one in ten), a kernel that visits only the non-zero ones.
 
 In the direct kernels the innermost loop runs over a contiguous channel axis so LLVM vectorises it;
 ``contract`` lets it fuse multiply and add into FMA without reordering sums, so results repeat bit for bit.
@@ -35,19 +37,35 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
     np.sum(rows, axis=0, out=db)
     geometry = (stride_h, stride_w, pad_top, pad_left)
     if C >= SPARSE_MIN_CHANNELS and np.count_nonzero(rows) < SPARSE_MAX_DENSITY * rows.size:
-        partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, F, C), dw.dtype)
-        no_dx = scratch("no_dx", (1, 1, 1, 1), dw.dtype)
-        backward_sparse(x, dy, transpose_last(w), *geometry, partial, no_dx if dx is None else dx, dx is not None)
-        dw[:] = partial.sum(axis=0).transpose(0, 1, 3, 2)
-        return
-    if KH * KW * C < GEMM_MIN_WEIGHTS:
-        partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, C, F), dw.dtype)
-        conv2d_backward_params_direct(x, dy, *geometry, partial)
-        dw[:] = partial.sum(axis=0)
-        if dx is not None:
-            conv2d_backward_input_direct(dy, transpose_last(w), *geometry, dx)
-        return
+        _backward_sparse(x, dy, w, geometry, dw, dx)
+    elif KH * KW * C < GEMM_MIN_WEIGHTS:
+        _backward_direct(x, dy, w, geometry, dw, dx)
+    else:
+        _backward_blas(x, dy, w, geometry, dw, dx)
+
+
+def _backward_sparse(x, dy, w, geometry, dw, dx):
+    KH, KW, C, F = w.shape
+    partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, F, C), dw.dtype)
+    target = scratch("no_dx", (1, 1, 1, 1), dw.dtype) if dx is None else dx
+    backward_sparse(x, dy, transpose_last(w), *geometry, partial, target, dx is not None)
+    dw[:] = partial.sum(axis=0).transpose(0, 1, 3, 2)
+
+
+def _backward_direct(x, dy, w, geometry, dw, dx):
+    KH, KW, C, F = w.shape
+    partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, C, F), dw.dtype)
+    conv2d_backward_params_direct(x, dy, *geometry, partial)
+    dw[:] = partial.sum(axis=0)
+    if dx is not None:
+        conv2d_backward_input_direct(dy, transpose_last(w), *geometry, dx)
+
+
+def _backward_blas(x, dy, w, geometry, dw, dx):
+    KH, KW, C, F = w.shape
+    rows = dy.reshape((-1, F))
     col = _im2col(x, w.shape, *geometry, dy.shape)
+    # dw's inner dimension is every output position of the batch: a product BLAS runs well.
     matmul(col.T, rows, out=dw.reshape((-1, F)))
     if dx is None:
         return

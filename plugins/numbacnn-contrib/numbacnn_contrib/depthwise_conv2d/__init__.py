@@ -7,11 +7,9 @@ convolution: most of a conv2d's accuracy for a fraction of its weights.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numbacnn.errors import ShapeError, SpecError
-from numbacnn.layer import Layer, as_config_value, check_image_shape, check_int, check_pair
+from numbacnn.errors import SpecError
+from numbacnn.layer import Layer, as_config_value, check_int, check_pair, check_padding, filter_geometry
 
 
 class DepthwiseConv2D(Layer):
@@ -38,30 +36,17 @@ class DepthwiseConv2D(Layer):
         self.bias = _check_bool(self.name, "bias", bias)
         self._kernel = check_pair(self.name, "kernel_size", kernel_size)
         self._stride = check_pair(self.name, "stride", stride)
-        self._fixed_padding = _check_padding(self.name, padding)
+        self._padding = check_padding(self.name, padding)
 
     # -- shapes and parameters -------------------------------------------------------------------------------
 
-    def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
-        """(top, left, out_height, out_width) for an input of height ``h`` and width ``w``."""
-        (kh, kw), (sh, sw) = self._kernel, self._stride
-        if self.padding == "same":
-            oh, ow = math.ceil(h / sh), math.ceil(w / sw)
-            top = max((oh - 1) * sh + kh - h, 0) // 2
-            left = max((ow - 1) * sw + kw - w, 0) // 2
-            return top, left, oh, ow
-        ph, pw = self._fixed_padding
-        return ph, pw, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    def _geometry_for(self, in_shape) -> tuple[int, int, int, int]:
+        """(top, left, out_height, out_width) for ``in_shape``."""
+        return filter_geometry(self.name, in_shape, self._kernel, self._stride, self._padding)
 
     def output_shape(self, in_shape):
-        h, w, c = check_image_shape(self.name, in_shape)
-        _, _, oh, ow = self._padding(h, w)
-        if oh < 1 or ow < 1:
-            raise ShapeError(
-                f"{self.name}: a {self._kernel[0]}x{self._kernel[1]} filter does not fit a {h}x{w} input; "
-                f"use a smaller kernel_size, padding='same', or fewer pooling layers before it."
-            )
-        return (oh, ow, c * self.depth_multiplier)
+        _, _, oh, ow = self._geometry_for(in_shape)
+        return (oh, ow, in_shape[2] * self.depth_multiplier)
 
     def init_params(self, in_shape, rng):
         (kh, kw), c = self._kernel, in_shape[2]
@@ -87,7 +72,7 @@ class DepthwiseConv2D(Layer):
 
     def _geometry(self) -> tuple[int, int, int, int]:
         """(stride_h, stride_w, pad_top, pad_left): what every kernel needs besides the arrays."""
-        top, left, _, _ = self._padding(self.in_shape[0], self.in_shape[1])
+        top, left, _, _ = self._geometry_for(self.in_shape)
         return self._stride[0], self._stride[1], top, left
 
     def forward(self, x, *, training=False):
@@ -114,12 +99,3 @@ def _check_bool(layer: str, name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise SpecError(f"{layer}: {name} must be True or False, got {value!r}.")
     return bool(value)
-
-
-def _check_padding(layer: str, padding) -> tuple[int, int]:
-    """The fixed (height, width) padding; (0, 0) for "valid" and "same" (worked out per input size)."""
-    if padding in ("valid", "same"):
-        return 0, 0
-    if isinstance(padding, str) or not isinstance(padding, (int, np.integer, list, tuple)):
-        raise SpecError(f"{layer}: padding must be 'valid', 'same' or a number, got {padding!r}.")
-    return check_pair(layer, "padding", padding, minimum=0)
