@@ -93,6 +93,10 @@ def _set_threads(threads: Optional[int]) -> None:
         threadpool_limits(threads)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _spec(model: str, layers: Optional[str]) -> str:
     from .presets import preset_spec
 
@@ -149,7 +153,7 @@ def train(
     x_train, y_train = _load_split(dataset, "train", data_dir, limit)
     x_test, y_test = _load_split(dataset, "test", data_dir)
     out.print(f"Training [bold]{layers and 'custom layers' or model}[/] ({net.count_params():,} parameters) on "
-              f"{dataset.value}: {len(x_train):,} images, {epochs} epochs of batch {batch_size}, "
+              f"{dataset.value}: {len(x_train):,} images, {_count(epochs, 'epoch')} of batch {batch_size}, "
               f"{opt.name} lr {base_lr:g} ({schedule.value}), seed {seed}, {device.value}.")
 
     def save(result):
@@ -164,7 +168,7 @@ def train(
                       on_epoch=lambda r: (save(r), progress.epoch(r)))
     last = results[-1]
     out.print(f"Test accuracy: [bold]{last.test_accuracy:.2%}[/] on {len(x_test):,} {dataset.value} test images "
-              f"after {last.epoch} epochs. Saved to {output}.")
+              f"after {_count(last.epoch, 'epoch')}. Saved to {output}.")
 
 
 @app.command()
