@@ -34,31 +34,39 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
     """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input."""
     KH, KW, C, F = w.shape
     rows = dy.reshape((-1, F))
-    np.sum(rows, axis=0, out=db)
     geometry = (stride_h, stride_w, pad_top, pad_left)
     if C >= SPARSE_MIN_CHANNELS and np.count_nonzero(rows) < SPARSE_MAX_DENSITY * rows.size:
-        _backward_sparse(x, dy, w, geometry, dw, dx)
+        _backward_sparse(x, dy, w, geometry, dw, db, dx)
     elif KH * KW * C < GEMM_MIN_WEIGHTS:
-        _backward_direct(x, dy, w, geometry, dw, dx)
+        _backward_direct(x, dy, w, geometry, dw, db, dx)
     else:
+        np.sum(rows, axis=0, out=db)
         _backward_blas(x, dy, w, geometry, dw, dx)
 
 
-def _backward_sparse(x, dy, w, geometry, dw, dx):
+def _backward_sparse(x, dy, w, geometry, dw, db, dx):
     KH, KW, C, F = w.shape
-    partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, F, C), dw.dtype)
+    partial, partial_b = _partials((KH, KW, F, C), F, dw.dtype)
     target = scratch("no_dx", (1, 1, 1, 1), dw.dtype) if dx is None else dx
-    backward_sparse(x, dy, transpose_last(w), *geometry, partial, target, dx is not None)
+    backward_sparse(x, dy, transpose_last(w), *geometry, partial, partial_b, target, dx is not None)
     dw[:] = partial.sum(axis=0).transpose(0, 1, 3, 2)
+    db[:] = partial_b.sum(axis=0)
 
 
-def _backward_direct(x, dy, w, geometry, dw, dx):
+def _backward_direct(x, dy, w, geometry, dw, db, dx):
     KH, KW, C, F = w.shape
-    partial = scratch("dw_partial", (SPARSE_CHUNKS, KH, KW, C, F), dw.dtype)
-    conv2d_backward_params_direct(x, dy, *geometry, partial)
+    partial, partial_b = _partials((KH, KW, C, F), F, dw.dtype)
+    conv2d_backward_params_direct(x, dy, *geometry, partial, partial_b)
     dw[:] = partial.sum(axis=0)
+    db[:] = partial_b.sum(axis=0)
     if dx is not None:
         conv2d_backward_input_direct(dy, transpose_last(w), *geometry, dx)
+
+
+def _partials(weight_shape, filters: int, dtype):
+    """Scratch for the per-chunk sums of the weight and bias gradients (see ``backward_sparse``)."""
+    return (scratch("dw_partial", (SPARSE_CHUNKS, *weight_shape), dtype),
+            scratch("db_partial", (SPARSE_CHUNKS, filters), dtype))
 
 
 def _backward_blas(x, dy, w, geometry, dw, dx):
@@ -83,8 +91,9 @@ SPARSE_CHUNKS = 16
 
 
 @njit(parallel=True, cache=True, fastmath=FMA)
-def backward_sparse(x, dy, w_t, stride_h, stride_w, pad_top, pad_left, partial, dx, need_dx):
-    """dw (as partial sums, (KH, KW, F, C) each) and dx from the non-zero output gradients only.
+def backward_sparse(x, dy, w_t, stride_h, stride_w, pad_top, pad_left, partial, partial_b, dx, need_dx):
+    """dw (as partial sums, (KH, KW, F, C) each), db (partial sums too) and dx from the non-zero output
+    gradients only.
 
     Each non-zero g = dy[n, oh, ow, f] adds g * x[n, ih, iw, :] to dw[kh, kw, :, f] and g * w[kh, kw, :, f]
     to dx[n, ih, iw, :] for every tap (kh, kw): runs over the contiguous channel axis. The batch is cut into
@@ -97,8 +106,9 @@ def backward_sparse(x, dy, w_t, stride_h, stride_w, pad_top, pad_left, partial, 
     chunks = partial.shape[0]
     per_chunk = (N + chunks - 1) // chunks
     for t in prange(chunks):
-        acc = partial[t]
+        acc, acc_b = partial[t], partial_b[t]
         acc[:] = 0
+        acc_b[:] = 0
         for n in range(t * per_chunk, min(N, (t + 1) * per_chunk)):
             if need_dx:
                 dx[n] = 0
@@ -108,6 +118,7 @@ def backward_sparse(x, dy, w_t, stride_h, stride_w, pad_top, pad_left, partial, 
                         g = dy[n, oh, ow, f]
                         if g == 0:
                             continue
+                        acc_b[f] += g
                         for kh in range(KH):
                             ih = oh * stride_h + kh - pad_top
                             if ih < 0 or ih >= H:
@@ -202,8 +213,8 @@ def conv2d_forward_direct(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
 
 
 @njit(parallel=True, cache=True, fastmath=FMA)
-def conv2d_backward_params_direct(x, dy, stride_h, stride_w, pad_top, pad_left, partial):
-    """dw as partial sums over fixed chunks of the batch (added in order by the caller, so repeatable);
+def conv2d_backward_params_direct(x, dy, stride_h, stride_w, pad_top, pad_left, partial, partial_b):
+    """dw and db as partial sums over fixed chunks of the batch (added in order by the caller, so repeatable);
     for small filters, where an im2col matrix would be all overhead."""
     N, H, W, C = x.shape
     _, KH, KW, _, F = partial.shape
@@ -211,10 +222,15 @@ def conv2d_backward_params_direct(x, dy, stride_h, stride_w, pad_top, pad_left, 
     chunks = partial.shape[0]
     per_chunk = (N + chunks - 1) // chunks
     for t in prange(chunks):
-        acc = partial[t]
+        acc, acc_b = partial[t], partial_b[t]
         acc[:] = 0
+        acc_b[:] = 0
         for n in range(t * per_chunk, min(N, (t + 1) * per_chunk)):
             for oh in range(OH):
+                for ow in range(OW):
+                    g = dy[n, oh, ow]
+                    for f in range(F):
+                        acc_b[f] += g[f]
                 for kh in range(KH):
                     ih = oh * stride_h + kh - pad_top
                     if ih < 0 or ih >= H:
