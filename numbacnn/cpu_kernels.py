@@ -5,7 +5,6 @@ from functools import lru_cache
 
 import numba
 import numpy as np
-from numba import njit
 from threadpoolctl import ThreadpoolController
 
 # Let LLVM fuse multiply-add into FMA but never reorder a sum: fast, and still bit-for-bit repeatable.
@@ -16,11 +15,6 @@ def transpose_last(w):
     """``w`` with its last two axes swapped, contiguous: the layout an input-gradient kernel reads."""
     axes = list(range(w.ndim - 2)) + [w.ndim - 1, w.ndim - 2]
     return np.ascontiguousarray(w.transpose(axes))
-
-
-@njit(cache=True)
-def fill_zero(a):
-    a[:] = 0
 
 
 _scratch: dict[tuple, np.ndarray] = {}

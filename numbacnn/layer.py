@@ -98,6 +98,16 @@ class Layer:
         """
         return self.buffer(name, shape) if training else self.device.empty(shape, self.dtype)
 
+    def bias_or_zeros(self, size: int):
+        """The ``bias`` parameter, or for a layer built without one, zeros made once on its device: kernels
+        can then always add a bias instead of having a second version without it."""
+        if "bias" in self.params:
+            return self.params["bias"]
+        zeros = getattr(self, "_zero_bias", None)
+        if zeros is None or zeros.shape[0] != size or zeros.dtype != self.dtype:
+            self._zero_bias = zeros = self.device.zeros(size, self.dtype)
+        return zeros
+
     def buffer(self, name: str, shape, dtype=None):
         """A scratch array kept across steps and remade only when its shape changes."""
         attr = f"_buffer_{name}"

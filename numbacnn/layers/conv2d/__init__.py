@@ -59,14 +59,9 @@ class Conv2D(Layer):
         top, left, _, _ = self._geometry_for(self.in_shape)
         return self._stride[0], self._stride[1], top, left
 
-    def _bias(self):
-        if self.bias:
-            return self.params["bias"]
-        return self.device.zeros(self.filters, self.dtype)
-
     def forward(self, x, *, training=False):
         out = self.result("out", (x.shape[0], *self.out_shape), training)
-        self.kernels.conv2d_forward(x, self.params["weight"], self._bias(), *self._geometry(), out)
+        self.kernels.conv2d_forward(x, self.params["weight"], self.bias_or_zeros(self.filters), *self._geometry(), out)
         self._x = x if training else None
         return out
 

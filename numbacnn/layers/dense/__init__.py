@@ -38,10 +38,7 @@ class Dense(Layer):
 
     def forward(self, x, *, training=False):
         out = self.result("out", (x.shape[0], self.units), training)
-        bias = self.params["bias"] if self.bias else self.buffer("zero_bias", (self.units,))
-        if not self.bias:
-            self.kernels.fill_zero(bias)
-        self.kernels.dense_forward(x, self.params["weight"], bias, out)
+        self.kernels.dense_forward(x, self.params["weight"], self.bias_or_zeros(self.units), out)
         self._x = x if training else None
         return out
 

@@ -6,7 +6,7 @@ loop would only be slower.
 
 import numpy as np
 
-from ...cpu_kernels import fill_zero, matmul  # noqa: F401  (fill_zero: re-exported kernel)
+from ...cpu_kernels import matmul
 
 
 def dense_forward(x, w, b, out):

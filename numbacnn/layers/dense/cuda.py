@@ -7,7 +7,6 @@ product sit in the flat arrays.
 from numba import cuda
 
 from ...cuda_kernels import ONE, flat, launch_product, partial_sums, product_kernel, sum_chunks
-from ...cuda_kernels import fill_zero  # noqa: F401  (re-exported kernels)
 
 
 @cuda.jit(device=True)

@@ -57,12 +57,6 @@ class DepthwiseConv2D(Layer):
             params["bias"] = np.zeros(c * self.depth_multiplier)
         return params
 
-    def build(self, in_shape, **kwargs):
-        out_shape = super().build(in_shape, **kwargs)
-        # Without a bias the kernels still add one: zeros, made once on the layer's device.
-        self._zero_bias = None if self.bias else self.device.zeros(out_shape[2], self.dtype)
-        return out_shape
-
     def describe_params(self):
         (kh, kw), c, m = self._kernel, self.in_shape[2], self.depth_multiplier
         each = f"{kh * kw} weights + 1 bias" if self.bias else f"{kh * kw} weights"
@@ -77,7 +71,7 @@ class DepthwiseConv2D(Layer):
 
     def forward(self, x, *, training=False):
         out = self.result("out", (x.shape[0], *self.out_shape), training)
-        bias = self.params["bias"] if self.bias else self._zero_bias
+        bias = self.bias_or_zeros(self.out_shape[2])
         self.kernels.depthwise_conv2d_forward(x, self.params["weight"], bias, *self._geometry(), out)
         self._x = x if training else None
         return out
