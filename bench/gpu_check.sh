@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One pass over a machine with a real NVIDIA GPU, offline, in at most BUDGET_S seconds (default 450):
 #   1. which GPU and which numba / numba-cuda,
-#   2. tests/test_cuda.py (every CUDA kernel against its CPU twin) and tests/test_device.py, on the real GPU,
-#   3. numbacnn bench --device cuda for keras-convnet at batch 128 and 512,
+#   2. tests/test_cuda.py (every CUDA kernel against its CPU twin), the batch-norm, block and augmentation
+#      kernels' tests and tests/test_device.py, on the real GPU,
+#   3. numbacnn bench --device cuda for keras-convnet at batch 128 and 512, and small-resnet at batch 128,
 #   4. one epoch of numbacnn train --device cuda, when MNIST is found.
 # Every step's output goes to $OUT/<step>.log (or ./gpu-check-out), and a summary with exit codes to
 # $OUT/summary.txt. Needs numba, numba-cuda, numpy, pytest, hypothesis, typer, rich and threadpoolctl; for a
@@ -51,12 +52,14 @@ if ! "$PY" -c "$registered" 2>/dev/null; then
 fi
 
 # -rs: a skipped test_cuda.py here means numba found no GPU, and says why.
-step test_cuda 200 "$PY" -m pytest tests/test_cuda.py tests/test_device.py -q -rs -p no:cacheprovider --durations=5
+step test_cuda 200 "$PY" -m pytest tests/test_cuda.py tests/test_batchnorm.py tests/test_blocks.py \
+    tests/test_augment.py tests/test_device.py -q -rs -p no:cacheprovider --durations=5 -k "cuda or devices or device"
 
 numbacnn=("$PY" -c "from numbacnn.cli import main; main()")
 for batch in 128 512; do
     step "bench_$batch" 75 "${numbacnn[@]}" bench --device cuda --model keras-convnet --batch-size "$batch"
 done
+step bench_small_resnet 75 "${numbacnn[@]}" bench --device cuda --model small-resnet --batch-size 128
 
 data="${NUMBACNN_DATA_DIR:-}"
 for candidate in shared/datasets ../shared/datasets .; do  # "." : mnist/ carried into the checkout

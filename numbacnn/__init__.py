@@ -16,6 +16,17 @@ from importlib.metadata import PackageNotFoundError, version
 # cores). Set before numba starts its threads; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+try:
+    __version__ = version("numbacnn")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+from .cache import use_kernel_cache  # noqa: E402
+
+# Compiled kernels go to the user's cache folder, never into the installed package (see numbacnn.cache).
+use_kernel_cache(__version__)
+
+from .block import Block
 from .checkpoint import load, save
 from .errors import (
     CheckpointError,
@@ -33,13 +44,8 @@ from .presets import PRESETS
 from .registry import registry
 from .train import evaluate, fit, prepare_images
 
-try:
-    __version__ = version("numbacnn")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
-
 __all__ = [
-    "SGD", "Adam", "CheckpointError", "DataError", "DeviceError", "Layer", "NumbacnnError", "PRESETS",
+    "SGD", "Adam", "Block", "CheckpointError", "DataError", "DeviceError", "Layer", "NumbacnnError", "PRESETS",
     "PluginError", "Sequential", "ShapeError", "SpecError", "evaluate", "fit", "load", "prepare_images",
     "registry", "save",
 ]

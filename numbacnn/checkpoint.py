@@ -1,8 +1,10 @@
 """Checkpoints: the architecture and the weights in one ``.npz`` file, written atomically.
 
 The file holds ``__meta__`` (JSON: format version, input shape, and per layer its registry name, the package
-and version that provided it, and its config) and one array per parameter, ``layer<i>.<name>``. It is written
-to a temporary file beside the target and renamed over it, so a crash never leaves a half-written checkpoint.
+and version that provided it, and its config), one array per parameter, ``layer<i>.<name>``, and one per
+array of non-trainable state, ``state<i>.<name>`` (a block's arrays are named ``<child>.<name>``). It is
+written to a temporary file beside the target and renamed over it, so a crash never leaves a half-written
+checkpoint. Version 1 files, from before layers had state, load as they are.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .model import Sequential
 from .registry import registry
 
 FORMAT = "numbacnn-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 def save(model: Sequential, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -37,6 +39,8 @@ def save(model: Sequential, path: str | Path, metadata: dict[str, Any] | None = 
     arrays = {"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     for i, weights in enumerate(model.get_weights()):
         arrays.update({f"layer{i}.{k}": v for k, v in weights.items()})
+    for i, state in enumerate(model.get_state()):
+        arrays.update({f"state{i}.{k}": v for k, v in state.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
@@ -64,12 +68,17 @@ def load(path: str | Path, *, device="cpu") -> tuple[Sequential, dict[str, Any]]
     model = Sequential(layers, input_shape=tuple(meta["input_shape"]))
     dtype = next(iter(arrays.values())).dtype if arrays else np.float32
     model.build(dtype=dtype, device=device)
-    weights = [{} for _ in layers]
+    saved = {"layer": [{} for _ in layers], "state": [{} for _ in layers]}
     for key, value in arrays.items():
         index, _, name = key.partition(".")
-        weights[int(index.removeprefix("layer"))][name] = value
+        kind = index.rstrip("0123456789")
+        if kind not in saved or not index[len(kind):].isdigit() or int(index[len(kind):]) >= len(layers):
+            raise CheckpointError(f"{path} holds an array {key!r} that belongs to no layer; it is corrupt.")
+        saved[kind][int(index[len(kind):])][name] = value
     try:
-        model.set_weights(weights)
+        model.set_weights(saved["layer"])
+        if meta["version"] >= 2:  # older files come from before layers had state
+            model.set_state(saved["state"])
     except NumbacnnError as error:
         raise CheckpointError(f"{path} does not match its own architecture ({error}); it is corrupt.") from None
     return model, meta.get("metadata", {})

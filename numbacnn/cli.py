@@ -119,17 +119,31 @@ def train(
     model: str = MODEL,
     layers: Optional[str] = LAYERS,
     dataset: Dataset = typer.Option(Dataset.mnist, "--dataset", "-d", help="The data set to train on."),
-    epochs: int = typer.Option(12, "--epochs", "-e", min=1, help="Passes over the training set."),
-    batch_size: int = typer.Option(128, "--batch-size", "-b", min=1, help="Images per training step."),
-    optimizer: OptimizerName = typer.Option(OptimizerName.adam, "--optimizer", help="adam or sgd (with momentum 0.9)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.001 for adam, 0.01 for sgd)."),
-    schedule: Schedule = typer.Option(
-        Schedule.cosine, "--schedule", help="Learning rate over the run: cosine (decays to zero) or constant."
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", "-e", min=1, help="Passes over the training set [default: the network's recipe, else 12]."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Images per training step [default: the network's recipe, else 128]."
+    ),
+    optimizer: Optional[OptimizerName] = typer.Option(
+        None, "--optimizer", help="adam or sgd (with momentum 0.9) [default: the network's recipe, else adam]."
+    ),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Learning rate [default: the network's recipe, else 0.001 for adam, 0.01 for sgd]."
+    ),
+    schedule: Optional[Schedule] = typer.Option(
+        None, "--schedule",
+        help="Learning rate over the run: cosine (decays to zero) or constant [default: the network's recipe, else cosine].",
+    ),
+    augment: Optional[str] = typer.Option(
+        None, "--augment",
+        help="Random changes to each training image: none, or shift=N (up to N pixels each way), with "
+             "rotate=DEGREES and scale=FRACTION where supported, e.g. 'shift=2' [default: the network's recipe, else none].",
     ),
     stop_at: Optional[float] = typer.Option(
         None, "--stop-at", min=0.0, max=1.0, help="End early once the test accuracy reaches this, e.g. 0.99."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seeds the weights, the batch order and dropout: same seed, same run."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the weights, the batch order, dropout and augmentation: same seed, same run."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on the first N training images only."),
     output: Path = typer.Option(
         Path("model.npz"), "--output", "-o", help="Checkpoint file, rewritten after every epoch."
@@ -138,32 +152,44 @@ def train(
     device: DeviceName = DEVICE,
     threads: Optional[int] = THREADS,
 ):
-    """Train a network and report its test accuracy; the checkpoint is saved after every epoch."""
+    """Train a network and report its test accuracy; the checkpoint is saved after every epoch.
+
+    A named network (-m) brings its own training recipe (`numbacnn models` lists them); every option given
+    here wins over it.
+    """
     from . import checkpoint
+    from .augment import Augment
     from .model import Sequential
     from .optim import make_optimizer
+    from .presets import preset_recipe
     from .progress import TrainingProgress
     from .train import fit
 
     _set_threads(threads)
     spec = _spec(model, layers)
+    recipe = preset_recipe(None if layers else model)
+    epochs = epochs or recipe.epochs
+    batch_size = batch_size or recipe.batch_size
+    schedule = schedule.value if schedule else recipe.schedule
+    augmentation = Augment.parse(augment if augment is not None else recipe.augment)
     net = Sequential(spec).build(seed=seed, device=device.value)
-    opt = make_optimizer(optimizer.value, lr)
+    opt = make_optimizer(optimizer.value if optimizer else recipe.optimizer, lr if lr is not None else recipe.lr)
     base_lr = opt.lr
     x_train, y_train = _load_split(dataset, "train", data_dir, limit)
     x_test, y_test = _load_split(dataset, "test", data_dir)
     out.print(f"Training [bold]{layers and 'custom layers' or model}[/] ({net.count_params():,} parameters) on "
               f"{dataset.value}: {len(x_train):,} images, {_count(epochs, 'epoch')} of batch {batch_size}, "
-              f"{opt.name} lr {base_lr:g} ({schedule.value}), seed {seed}, {device.value}.")
+              f"{opt.name} lr {base_lr:g} ({schedule}), augmentation {augmentation}, seed {seed}, {device.value}.")
 
     def save(result):
         meta = {"dataset": dataset.value, "epochs": result.epoch, "seed": seed, "optimizer": opt.name,
-                "lr": base_lr, "schedule": schedule.value, "batch_size": batch_size, "test_accuracy": result.test_accuracy}
+                "lr": base_lr, "schedule": schedule, "batch_size": batch_size, "augment": str(augmentation),
+                "test_accuracy": result.test_accuracy}
         checkpoint.save(net, output, meta)
 
     with TrainingProgress(err, epochs) as progress:
         results = fit(net, opt, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-                      test=(x_test, y_test), schedule=schedule.value, stop_at=stop_at,
+                      test=(x_test, y_test), schedule=schedule, stop_at=stop_at, augment=augmentation,
                       on_batch=progress.batch,
                       on_epoch=lambda r: (save(r), progress.epoch(r)))
     last = results[-1]
@@ -247,14 +273,36 @@ def summary(
     else:
         net = Sequential(_spec(model, layers)).build()
     rows = net.summary()
-    table = Table("#", "layer", "output shape", "weights", "biases", "parameters", "what they are",
+    table = Table("#", "layer", "output shape", "weights", "biases", "non-trainable", "what they are",
                   title=f"input {net.input_shape}", title_justify="left")
     for r in rows:
-        table.add_row(str(r.index), r.layer, str(r.out_shape), f"{r.weights:,}", f"{r.biases:,}", f"{r.params:,}",
-                      r.detail)
-    weights, biases = sum(r.weights for r in rows), sum(r.biases for r in rows)
+        # A block's layers sit below it, indented; its own row already counts them.
+        style = "dim" if r.depth else None
+        table.add_row(r.index, "  " * r.depth + r.layer, str(r.out_shape), f"{r.weights:,}", f"{r.biases:,}",
+                      f"{r.non_trainable:,}", r.detail, style=style)
+    top = [r for r in rows if r.depth == 0]
+    weights, biases = sum(r.weights for r in top), sum(r.biases for r in top)
+    non_trainable = sum(r.non_trainable for r in top)
     table.add_section()
-    table.add_row("", "total", "", f"{weights:,}", f"{biases:,}", f"{weights + biases:,}", "", style="bold")
+    table.add_row("", "total", "", f"{weights:,}", f"{biases:,}", f"{non_trainable:,}", "", style="bold")
+    out.print(table)
+    out.print(f"Total parameters: {weights + biases + non_trainable:,}; trainable: {weights + biases:,} (weights "
+              f"and biases); non-trainable: {non_trainable:,} (state such as running statistics, never trained).")
+
+
+@app.command("models")
+@user_errors
+def list_models():
+    """The named networks (for -m), their sizes and the training recipe `numbacnn train -m NAME` uses."""
+    from .model import Sequential
+    from .presets import preset_recipe
+
+    table = Table("name", "parameters", "epochs", "batch", "optimiser", "lr", "schedule", "augment", "layers")
+    for name, spec in PRESETS.items():
+        recipe = preset_recipe(name)
+        lr = "default" if recipe.lr is None else f"{recipe.lr:g}"
+        table.add_row(name, f"{Sequential(spec).build().count_params():,}", str(recipe.epochs), str(recipe.batch_size),
+                      recipe.optimizer, lr, recipe.schedule, recipe.augment, escape(spec))
     out.print(table)
 
 
@@ -331,7 +379,7 @@ def data_fetch(
 
 @data_app.command("where")
 def data_where(data_dir: Optional[Path] = DATA_DIR):
-    """Where the data sets are read from."""
+    """Where the data sets are read from, and where compiled kernels are cached."""
     from .data import resolve_cache_dir, resolve_data_dir
 
     local = resolve_data_dir(data_dir)
@@ -339,6 +387,9 @@ def data_where(data_dir: Optional[Path] = DATA_DIR):
         out.print(f"Data sets are read from {local} (--data-dir or NUMBACNN_DATA_DIR); nothing is downloaded.")
     else:
         out.print(f"Data sets are downloaded into {resolve_cache_dir(None)} (set NUMBACNN_CACHE_DIR to move it).")
+    import numba
+
+    out.print(f"Compiled kernels are cached in {numba.config.CACHE_DIR} (NUMBA_CACHE_DIR moves it; safe to delete).")
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -5,7 +5,17 @@ a conv layer's weights are (KH, KW, C, F), the way Keras counts "a (3,3,1) filte
 Shapes passed to ``build`` leave out the batch axis.
 
 A layer's life: ``__init__(**hyperparameters)`` (checked at once, JSON-serialisable), ``build(in_shape, ...)``
-(makes parameters, returns the output shape or raises ``ShapeError``), then ``forward`` and ``backward`` pairs.
+(makes parameters and state, returns the output shape or raises ``ShapeError``), then ``forward`` and
+``backward`` pairs.
+
+What a layer holds, and who may change it:
+    ``params``  trainable arrays. Only the optimiser changes them (in place), and checkpoints save them.
+    ``grads``   one array per parameter, same key and shape. ``backward`` fills them (overwrites, never adds).
+    ``state``   non-trainable arrays that are saved but not trained: batch normalisation's running mean and
+                variance, say. Only ``forward(x, training=True)`` may change them (in place); ``forward`` with
+                ``training=False`` and ``backward`` read them only. Optimisers never see them; checkpoints save
+                and load them; ``summary`` counts them as non-trainable.
+``forward`` and ``backward`` never write into the arrays they are given (a model keeps them).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
         self.in_shape: Shape | None = None
         self.out_shape: Shape | None = None
         self.dtype = np.dtype(np.float32)
@@ -51,7 +62,8 @@ class Layer:
     # -- building ----------------------------------------------------------------------------------------
 
     def build(self, in_shape: Shape, *, rng: np.random.Generator, dtype=np.float32, device="cpu") -> Shape:
-        """Make the parameters for inputs of shape ``in_shape`` (no batch axis); returns the output shape."""
+        """Make the parameters and state for inputs of shape ``in_shape`` (no batch axis); returns the output
+        shape."""
         self.in_shape = tuple(int(d) for d in in_shape)
         self.dtype = np.dtype(dtype)
         self.device = get_device(device)
@@ -60,6 +72,7 @@ class Layer:
         host_params = self.init_params(self.in_shape, rng)
         self.params = {k: self.device.to_device(v.astype(self.dtype)) for k, v in host_params.items()}
         self.grads = {k: self.device.zeros(v.shape, self.dtype) for k, v in host_params.items()}
+        self.state = {k: self.device.to_device(v.astype(self.dtype)) for k, v in self.init_state(self.in_shape).items()}
         return self.out_shape
 
     def output_shape(self, in_shape: Shape) -> Shape:
@@ -68,6 +81,10 @@ class Layer:
 
     def init_params(self, in_shape: Shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Initial parameter values as NumPy arrays (none by default)."""
+        return {}
+
+    def init_state(self, in_shape: Shape) -> dict[str, np.ndarray]:
+        """Initial non-trainable state as NumPy arrays (none by default): see ``state`` in the module docstring."""
         return {}
 
     def load_kernels(self, device: Device) -> ModuleType | None:
@@ -134,6 +151,10 @@ class Layer:
         sizes = {k: int(np.prod(v.shape)) for k, v in self.params.items()}
         biases = sum(n for k, n in sizes.items() if k == "bias")
         return sum(sizes.values()) - biases, biases
+
+    def state_count(self) -> int:
+        """How many non-trainable numbers the layer keeps in ``state``."""
+        return sum(int(np.prod(v.shape)) for v in self.state.values())
 
     def describe_params(self) -> str:
         """The parameters in a user's words, for the summary table ("" when there is nothing to say)."""

@@ -6,46 +6,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .block import Block, backward_chain, build_chain, forward_chain, run_order
 from .device import get_device
-from .errors import NumbacnnError, ShapeError
+from .errors import ShapeError
 from .layer import Layer, Shape
-from .spec import layer_text, make_layer, parse
+from .spec import layers_text, make_layer, parse
 
 MNIST_SHAPE = (28, 28, 1)
 
 
 @dataclass
 class SummaryRow:
-    """One line of the summary table."""
+    """One line of the summary table: a layer, or (``depth`` > 0, index "3.1") a layer inside a block."""
 
-    index: int
+    index: str
     layer: str
     out_shape: Shape
     weights: int
     biases: int
     detail: str = ""
+    non_trainable: int = 0
+    depth: int = 0
 
     @property
     def params(self) -> int:
+        """Trainable parameters: weights and biases."""
         return self.weights + self.biases
-
-
-def run_order(layers: list[Layer]) -> list[Layer]:
-    """The order the layers run in: as written, except that a relu followed by max pooling runs after it.
-
-    ReLU and max pooling commute (max(relu(a), relu(b)) = relu(max(a, b)), and the gradient goes to the same
-    input, or is zero, either way), so the outputs and gradients are exactly the same, while the ReLU then
-    touches a quarter of the values for 2x2 pooling. The layers keep the shapes they were built with, as the
-    summary shows them: ReLU works on whatever shape it is given.
-    """
-    from .layers.maxpool2d import MaxPool2D
-    from .layers.relu import ReLU
-
-    order = list(layers)
-    for i in range(len(order) - 1):
-        if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
-            order[i], order[i + 1] = order[i + 1], order[i]
-    return order
 
 
 class Sequential:
@@ -67,12 +53,8 @@ class Sequential:
         """Make every layer's parameters; ``ShapeError`` naming the first layer that does not fit."""
         self.device, self.dtype = get_device(device), np.dtype(dtype)
         rng = np.random.default_rng(seed)
-        shape = self.input_shape
+        build_chain(self.layers, self.input_shape, rng=rng, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(self.layers):
-            try:
-                shape = layer.build(shape, rng=rng, dtype=self.dtype, device=self.device)
-            except NumbacnnError as error:
-                raise type(error)(f"Layer {i + 1} ({layer.name}) with input {shape}: {error}") from None
             # The first layer's input gradient is never used: skipping it saves its largest kernel.
             layer.needs_input_grad = i > 0
         self.execution_order = run_order(self.layers)
@@ -89,19 +71,15 @@ class Sequential:
         """The logits for the batch ``x`` of shape (N, *input_shape)."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"The model takes inputs of shape {self.input_shape}, got {tuple(x.shape[1:])}.")
-        for layer in self.execution_order:
-            x = layer.forward(x, training=training)
-        return x
+        return forward_chain(self.execution_order, x, training)
 
     def backward(self, dy) -> None:
         """Fills every layer's gradients from the loss gradient of the logits."""
-        for layer in reversed(self.execution_order):
-            dy = layer.backward(dy)
-            if dy is None:
-                break
+        backward_chain(self.execution_order, dy)
 
     def parameters(self) -> list[tuple]:
-        """(parameter, gradient) pairs in a fixed order: layer by layer, names as the layer lists them."""
+        """(parameter, gradient) pairs in a fixed order: layer by layer, names as the layer lists them. Only
+        trainable arrays: a layer's ``state`` is not among them."""
         return [(layer.params[k], layer.grads[k]) for layer in self.layers for k in layer.params]
 
     def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -120,19 +98,24 @@ class Sequential:
     @property
     def spec(self) -> str:
         """The spec text that rebuilds this architecture."""
-        from .registry import registry
-
-        return " ".join(layer_text(registry.spec_name(type(layer)), layer.get_config()) for layer in self.layers)
+        return layers_text(self.layers)
 
     def summary(self) -> list[SummaryRow]:
-        """Per layer: output shape, weights and biases (a (3,3,1) filter counts 9 weights + 1 bias)."""
+        """Per layer: output shape, weights and biases (a (3,3,1) filter counts 9 weights + 1 bias), and the
+        non-trainable numbers it keeps; a block's row is followed by its children's (``depth`` 1 and more)."""
         if not self.built:
             self.build()
-        return [SummaryRow(i + 1, repr(layer), layer.out_shape, *layer.param_counts(), layer.describe_params())
-                for i, layer in enumerate(self.layers)]
+        return [row for i, layer in enumerate(self.layers) for row in _rows(str(i + 1), layer, 0)]
 
     def count_params(self) -> int:
-        return sum(row.params for row in self.summary())
+        """Every number the model keeps, trainable or not (as Keras counts its total)."""
+        return self.trainable_count() + self.non_trainable_count()
+
+    def trainable_count(self) -> int:
+        return sum(row.params for row in self.summary() if row.depth == 0)
+
+    def non_trainable_count(self) -> int:
+        return sum(row.non_trainable for row in self.summary() if row.depth == 0)
 
     def get_weights(self) -> list[dict[str, np.ndarray]]:
         """Every layer's parameters, copied to host memory."""
@@ -149,3 +132,29 @@ class Sequential:
                 if tuple(v.shape) != tuple(layer.params[k].shape):
                     raise ShapeError(f"{layer.name}.{k}: shape {v.shape}, expected {tuple(layer.params[k].shape)}.")
                 layer.params[k] = self.device.to_device(np.asarray(v, dtype=self.dtype))
+
+    def get_state(self) -> list[dict[str, np.ndarray]]:
+        """Every layer's non-trainable state (running statistics...), copied to host memory."""
+        return [{k: self.device.to_host(v).copy() for k, v in layer.state.items()} for layer in self.layers]
+
+    def set_state(self, states: list[dict[str, np.ndarray]]) -> None:
+        """Loads state saved by ``get_state``; ``ShapeError`` when it does not fit."""
+        if len(states) != len(self.layers):
+            raise ShapeError(f"{len(states)} layers of state for a model of {len(self.layers)} layers.")
+        for layer, values in zip(self.layers, states):
+            if set(values) != set(layer.state):
+                raise ShapeError(f"{layer.name}: state {sorted(values)} where {sorted(layer.state)} was expected.")
+            for k, v in values.items():
+                if tuple(v.shape) != tuple(layer.state[k].shape):
+                    raise ShapeError(f"{layer.name} state {k}: shape {v.shape}, expected {tuple(layer.state[k].shape)}.")
+                layer.state[k] = self.device.to_device(np.asarray(v, dtype=self.dtype))
+
+
+def _rows(index: str, layer: Layer, depth: int) -> list[SummaryRow]:
+    """The summary row of ``layer`` and, for a block, its children's rows below it."""
+    row = SummaryRow(index, repr(layer), layer.out_shape, *layer.param_counts(), layer.describe_params(),
+                     layer.state_count(), depth)
+    children = layer.named_children() if isinstance(layer, Block) else []
+    nested = [r for n, (key, child) in enumerate(children)
+              for r in _rows(f"{index}.{n + 1}" if key.isdigit() else f"{index}.{key}", child, depth + 1)]
+    return [row, *nested]

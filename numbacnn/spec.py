@@ -3,6 +3,9 @@
 Each layer is a name, optionally followed by arguments in parentheses: positional in the order of the
 layer's ``__init__``, or ``key=value``. Values are Python literals; a bare word (``padding=same``) is a string.
 A name may be qualified by its package, ``numbacnn-contrib:leaky_relu``, to pick among plug-ins.
+
+A block (see ``numbacnn.block``) holds layers: inside its parentheses come its layers, written the same way,
+then optionally its own ``key=value`` arguments: ``residual(conv2d(32,3,padding=same) batchnorm2d relu)``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from .errors import NumbacnnError, SpecError
 
 _NAME = re.compile(r"[A-Za-z_][\w.\-]*(?::[A-Za-z_]\w*)?")
+_KEYWORD = re.compile(r"[A-Za-z_]\w*\s*=(?!=)")  # where a block's own key=value arguments begin
 
 
 @dataclass
@@ -27,14 +31,28 @@ class LayerSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def parse(text: str) -> list[LayerSpec]:
-    """The layers written in ``text``; ``SpecError`` pointing at the first thing that is not a layer."""
+def parse(text: str, registry=None) -> list[LayerSpec]:
+    """The layers written in ``text``; ``SpecError`` pointing at the first thing that is not a layer.
+
+    ``registry`` (default: the installed layers) tells which names are blocks, whose parentheses hold layers.
+    """
+    specs, _ = _parse_layers(text, registry)
+    if not specs:
+        raise SpecError("The layer spec is empty; give at least one layer, e.g. \"flatten dense(10)\".")
+    return specs
+
+
+def _parse_layers(text: str, registry, stop_at_keyword: bool = False) -> tuple[list[LayerSpec], str]:
+    """The layers of ``text`` (maybe none) and what follows them: with ``stop_at_keyword`` the reading ends
+    where ``key=value`` arguments begin (a block's own), and their text is returned; else ""."""
     specs, pos = [], 0
     while True:
         while pos < len(text) and (text[pos].isspace() or text[pos] == ","):
             pos += 1
         if pos >= len(text):
             break
+        if stop_at_keyword and _KEYWORD.match(text, pos):
+            return specs, text[pos:]
         match = _NAME.match(text, pos)
         if not match:
             raise SpecError(f"Cannot read the layer spec at {text[pos:pos + 20]!r}; write layers like conv2d(32,3) relu.")
@@ -42,12 +60,33 @@ def parse(text: str) -> list[LayerSpec]:
         args, kwargs = [], {}
         if pos < len(text) and text[pos] == "(":
             end = _closing_paren(text, pos)
-            args, kwargs = _arguments(name, text[pos + 1:end])
+            inside = text[pos + 1:end]
+            args, kwargs = _block_arguments(name, inside, registry) if _names_block(name, registry) else _arguments(name, inside)
             pos = end + 1
         specs.append(LayerSpec(name, args, kwargs))
-    if not specs:
-        raise SpecError("The layer spec is empty; give at least one layer, e.g. \"flatten dense(10)\".")
-    return specs
+    return specs, ""
+
+
+def _names_block(name: str, registry) -> bool:
+    """Whether ``name`` is a block; an unknown name is not (making the layer then says it is unknown)."""
+    from .block import is_block
+    from .registry import registry as default_registry
+
+    try:
+        return is_block((registry or default_registry).get(name))
+    except NumbacnnError:
+        return False
+
+
+def _block_arguments(name: str, inside: str, registry) -> tuple[list, dict]:
+    """A block's arguments: its layers' spec text (checked here, so an error points into the block), then its
+    own ``key=value`` arguments."""
+    _, rest = _parse_layers(inside, registry, stop_at_keyword=True)
+    layers_part = inside[:len(inside) - len(rest)].strip().rstrip(",").strip()
+    _, kwargs = _arguments(name, rest) if rest.strip() else ([], {})
+    if "layers" in kwargs:
+        raise SpecError(f"{name}: write its layers inside the parentheses, not as layers=...")
+    return [layers_part], kwargs
 
 
 def _closing_paren(text: str, start: int) -> int:
@@ -107,8 +146,21 @@ def signature_text(cls) -> str:
     return str(inspect.signature(cls))
 
 
-def layer_text(name: str, config: dict[str, Any]) -> str:
-    """One layer as spec text, every argument by keyword so it reads back the same."""
+def layer_text(name: str, config: dict[str, Any], *, block: bool = False) -> str:
+    """One layer as spec text, every argument by keyword so it reads back the same; a ``block``'s layers come
+    first inside its parentheses, as written."""
+    if block:
+        others = "".join(f", {k}={v!r}" for k, v in config.items() if k != "layers")
+        return f"{name}({config['layers']}{others})"
     if not config:
         return name
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in config.items()) + ")"
+
+
+def layers_text(layers) -> str:
+    """The spec text that rebuilds ``layers`` (built or not): plug-in names qualified where they must be."""
+    from .block import Block
+    from .registry import registry
+
+    return " ".join(layer_text(registry.spec_name(type(layer)), layer.get_config(), block=isinstance(layer, Block))
+                    for layer in layers)

@@ -60,6 +60,7 @@ def fit(
     test: tuple[np.ndarray, np.ndarray] | None = None,
     schedule: str = "constant",
     stop_at: float | None = None,
+    augment=None,
     on_batch: Callable[[BatchStats], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> list[EpochResult]:
@@ -70,6 +71,8 @@ def fit(
     ``schedule`` is "constant" (the optimiser's learning rate throughout) or "cosine" (from it down to zero
     along half a cosine over the whole run, which reaches a given accuracy in fewer epochs).
     ``stop_at``: end the run after the first epoch whose test accuracy reaches it (needs ``test``).
+    ``augment``: a ``numbacnn.augment.Augment`` that changes each training batch at random (seeded by ``seed``
+    and the step, so the same seed gives the same run); None or an inactive one trains on the images as they are.
     ``on_epoch`` runs after each epoch (a good place to save a checkpoint).
     """
     device = model.device
@@ -84,9 +87,13 @@ def fit(
         order = order_rng.permutation(n)
         total_loss, correct, start = 0.0, 0, time.perf_counter()
         for b in range(batches):
-            optimizer.lr = lr_at((epoch - 1) * batches + b)
+            step = (epoch - 1) * batches + b
+            optimizer.lr = lr_at(step)
             idx = order[b * batch_size:(b + 1) * batch_size]
-            logits = model.forward(device.take(x_all, idx), training=True)
+            x = device.take(x_all, idx)
+            if augment is not None:
+                x = augment.apply(x, seed, step, device)
+            logits = model.forward(x, training=True)
             loss, dlogits, right = loss_fn(logits, y_all[idx])
             model.backward(dlogits)
             optimizer.step(model)

@@ -162,7 +162,7 @@ def test_zip_of_other_files(tmp_path):
 def test_newer_format_version(saved, tmp_path):
     path = rewrite(saved, tmp_path / "v99.npz", lambda m: {**m, "version": 99})
     message = checkpoint_error(path)
-    assert "version <= 1" in message and "upgrade numbacnn" in message
+    assert "version <= 2" in message and "upgrade numbacnn" in message
 
 
 def test_other_format_name(saved, tmp_path):

@@ -63,7 +63,7 @@ def trained(tmp_path_factory, datasets_dir) -> Trained:
 def test_help_lists_the_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("train", "evaluate", "predict", "summary", "layers", "bench", "data"):
+    for command in ("train", "evaluate", "predict", "summary", "models", "layers", "bench", "data"):
         assert command in result.output
 
 
@@ -94,7 +94,7 @@ def test_summary_of_the_default_network():
     assert "34,826" in result.output
     assert "(3,3,1)" in result.output
     row = table_row(result.output, "1")
-    assert row[2] == "(26, 26, 32)" and row[3:6] == ["288", "32", "320"]
+    assert row[2] == "(26, 26, 32)" and row[3:6] == ["288", "32", "0"]
     assert table_row(result.output, "9")[2] == "(10,)"
 
 
@@ -118,6 +118,34 @@ def test_unknown_model_lists_the_presets():
     assert_one_line_error(run("summary", "-m", "resnet"), "Unknown model 'resnet'", "keras-convnet", "lenet5", "tiny")
 
 
+def test_summary_shows_non_trainable_state_and_nested_block_rows():
+    result = run("summary", "--layers", "conv2d(4,3,bias=False) batchnorm2d relu residual(conv2d(4,3,padding=same)) "
+                 "flatten dense(10)")
+    assert result.exit_code == 0, result.output
+    assert table_row(result.output, "2")[3:6] == ["4", "4", "8"]  # batchnorm2d: scale, shift, running statistics
+    assert table_row(result.output, "4.1")[1].startswith("conv2d(4")
+    trainable = 36 + 8 + (144 + 4) + 26 * 26 * 4 * 10 + 10
+    assert f"Total parameters: {trainable + 8:,}; trainable: {trainable:,}" in result.output
+    assert "non-trainable: 8" in result.output
+
+
+def test_summary_of_small_resnet():
+    result = run("summary", "-m", "small-resnet")
+    assert result.exit_code == 0, result.output
+    assert "residual" in result.output and "non-trainable" in result.output
+    assert table_row(result.output, "7.skip")[2] == "(7, 7, 64)"
+
+
+def test_models_lists_every_preset_with_its_recipe():
+    from numbacnn.presets import PRESETS
+
+    result = run("models")
+    assert result.exit_code == 0, result.output
+    for name in PRESETS:
+        assert table_row(result.output, name)
+    assert table_row(result.output, "small-resnet")[2:8] == ["15", "64", "adam", "0.002", "cosine", "shift=2"]
+
+
 # -- train, evaluate, predict ----------------------------------------------------------------------------------
 
 
@@ -126,6 +154,36 @@ def test_train_reports_test_accuracy_and_writes_the_checkpoint(trained):
     match = re.search(r"Test accuracy: (\d+\.\d+)% on 10,000 mnist test images", trained.output)
     assert match and 10 < float(match.group(1)) <= 100
     assert "13,610 parameters" in trained.output and "600 images" in trained.output
+
+
+def test_a_named_network_brings_its_recipe_and_options_win(tmp_path, datasets_dir):
+    common = ("--limit", 256, "--epochs", 1, "--data-dir", datasets_dir)
+    recipe = run("train", "-m", "small-resnet", *common, "-o", tmp_path / "a.npz")
+    assert recipe.exit_code == 0, recipe.output
+    assert "1 epoch of batch 64, adam lr 0.002 (cosine), augmentation shift=2" in recipe.output
+    _, meta = load_checkpoint(tmp_path / "a.npz")
+    assert meta["augment"] == "shift=2" and meta["lr"] == 0.002
+    flags = run("train", "-m", "small-resnet", *common, "--augment", "none", "--lr", "0.01", "--batch-size", 32,
+                "--schedule", "constant", "-o", tmp_path / "b.npz")
+    assert flags.exit_code == 0, flags.output
+    assert "1 epoch of batch 32, adam lr 0.01 (constant), augmentation none" in flags.output
+
+
+def test_custom_layers_use_the_general_defaults(tmp_path, datasets_dir):
+    result = run("train", "--layers", "flatten dense(10)", "--limit", 256, "--epochs", 1, "--data-dir", datasets_dir,
+                 "-o", tmp_path / "c.npz")
+    assert result.exit_code == 0, result.output
+    assert "1 epoch of batch 128, adam lr 0.001 (cosine), augmentation none" in result.output
+
+
+def test_a_bad_augmentation_is_a_one_line_error(datasets_dir):
+    assert_one_line_error(run("train", "-m", "tiny", "--augment", "shift=-1", "--data-dir", datasets_dir), "shift")
+
+
+def load_checkpoint(path):
+    from numbacnn import load
+
+    return load(path)
 
 
 def test_summary_of_a_checkpoint(trained):
@@ -224,6 +282,14 @@ def test_data_where_without_one_names_the_cache(tmp_path):
     result = run("data", "where", env={"NUMBACNN_DATA_DIR": None, "NUMBACNN_CACHE_DIR": str(tmp_path)})
     assert result.exit_code == 0
     assert f"downloaded into {tmp_path}" in result.output
+
+
+def test_data_where_names_the_kernel_cache():
+    import numba
+
+    result = run("data", "where")
+    assert result.exit_code == 0
+    assert f"kernels are cached in {numba.config.CACHE_DIR}" in result.output
 
 
 def test_data_fetch_checks_a_local_copy(datasets_dir):

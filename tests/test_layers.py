@@ -12,7 +12,7 @@ import pytest
 from hypothesis import strategies as st
 
 from numbacnn.layer import Layer, as_config_value
-from numbacnn.testing import CHECKS, LayerCase, check_layer, image_shapes, parametrize_with_checks
+from numbacnn.testing import CHECKS, LayerCase, NothingChecked, check_layer, image_shapes, parametrize_with_checks
 
 # -- hyperparameter and shape strategies for the built-in layers ------------------------------------------
 
@@ -103,13 +103,15 @@ def test_layer_on_kinks(case, check):
 def test_check_layer_reports_each_check():
     results = check_layer(LayerCase("relu", max_examples=3))
     assert list(results) == list(CHECKS)
-    assert all(results[name] == "passed" for name in CHECKS if name != "devices")
+    assert all(results[name] == "passed" for name in CHECKS if name not in ("devices", "state"))
+    assert results["state"] == "skipped: relu: state check skipped: the layer has no state."
     assert results["devices"].startswith("passed") or "NUMBA_ENABLE_CUDASIM" in results["devices"]
 
 
 def test_skip_names_the_reason():
-    results = check_layer(LayerCase("relu", max_examples=3, skip={"dtypes": "float64 only"}), checks=["dtypes"])
-    assert results == {"dtypes": "skipped: relu: dtypes check skipped: float64 only"}
+    with pytest.raises(NothingChecked) as nothing:  # the one check asked for was skipped
+        check_layer(LayerCase("relu", max_examples=3, skip={"dtypes": "float64 only"}), checks=["dtypes"])
+    assert nothing.value.report == {"dtypes": "skipped: relu: dtypes check skipped: float64 only"}
 
 
 def test_unknown_check_names_are_refused():
@@ -249,7 +251,7 @@ class CudaWithoutKernels(Scale):
 
 def test_a_correct_plugin_layer_passes():
     results = check_layer(LayerCase(Scale, hyper=st.fixed_dictionaries({"init": st.floats(-2, 2)}), max_examples=5))
-    assert all(r == "passed" for name, r in results.items() if name != "devices")
+    assert all(r == "passed" for name, r in results.items() if name not in ("devices", "state"))
 
 
 @pytest.mark.parametrize("layer, check, message", [

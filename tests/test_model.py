@@ -26,7 +26,7 @@ def test_keras_convnet_summary_rows():
         (26, 26, 32), (26, 26, 32), (13, 13, 32), (11, 11, 64), (11, 11, 64), (5, 5, 64), (1600,), (1600,), (10,)]
     assert [(r.weights, r.biases) for r in rows] == [
         (288, 32), (0, 0), (0, 0), (18_432, 64), (0, 0), (0, 0), (0, 0), (0, 0), (16_000, 10)]
-    assert [r.index for r in rows] == list(range(1, 10))
+    assert [r.index for r in rows] == [str(i) for i in range(1, 10)] and {r.depth for r in rows} == {0}
     assert rows[0].layer.startswith("conv2d(32")
     assert "(3,3,1)" in rows[0].detail and "9 weights + 1 bias" in rows[0].detail
     assert "(3,3,32)" in rows[3].detail and "288 weights + 1 bias" in rows[3].detail

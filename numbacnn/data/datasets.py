@@ -36,11 +36,11 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
+from numbacnn.cache import CACHE_DIR_ENV, resolve_cache_dir
 from numbacnn.data.idx import parse_idx, read_decompressed
 from numbacnn.errors import DataError
 
 DATA_DIR_ENV = "NUMBACNN_DATA_DIR"
-CACHE_DIR_ENV = "NUMBACNN_CACHE_DIR"
 MIRRORS_ENV = "NUMBACNN_MIRRORS"
 
 SPLITS = ("train", "test")
@@ -238,21 +238,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
         return Path(data_dir).expanduser()
     from_env = os.environ.get(DATA_DIR_ENV, "").strip()
     return Path(from_env).expanduser() if from_env else None
-
-
-def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    """Return the cache directory.
-
-    That is the argument, else ``NUMBACNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/numbacnn``, else ``~/.cache/numbacnn``.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    from_env = os.environ.get(CACHE_DIR_ENV, "").strip()
-    if from_env:
-        return Path(from_env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "numbacnn"
 
 
 def resolve_mirrors(mirrors: Sequence[str] | None, default: Sequence[str]) -> list[str]:

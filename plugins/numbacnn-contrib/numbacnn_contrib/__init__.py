@@ -5,9 +5,10 @@
     global_avgpool2d                the mean of each channel: (H, W, C) -> (C,)
     depthwise_conv2d(kernel_size=3, stride=1, padding='valid', depth_multiplier=1, bias=True)
                                     one filter (or depth_multiplier filters) per input channel
+    dense_block(layers...)          a block: its input with its layers' output appended along the channels
 
 Each layer sits in its own sub-package (the Layer in ``__init__``, kernels in ``cpu.py`` and ``cuda.py``).
 This module imports none of them, so one layer that fails to import leaves the others usable.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,15 +15,18 @@ import pytest
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from numbacnn import Adam, Sequential, ShapeError, SpecError
+import numbacnn
+from numbacnn import Adam, DeviceError, Sequential, ShapeError, SpecError
 from numbacnn.cli import app
+from numbacnn.device import get_device
 from numbacnn.losses import SoftmaxCrossEntropy
 from numbacnn.registry import registry
 from numbacnn.spec import make_layer, parse
-from numbacnn.testing import LayerCase, image_shapes, parametrize_with_checks
+from numbacnn.testing import CHECKS, LayerCase, image_shapes, parametrize_with_checks
 
 PACKAGE = "numbacnn-contrib"
-LAYERS = ["leaky_relu", "elu", "global_avgpool2d", "depthwise_conv2d"]
+VERSION = "0.2.0"
+LAYERS = ["leaky_relu", "elu", "global_avgpool2d", "depthwise_conv2d", "dense_block"]
 
 # -- hyperparameters and input shapes, as people use the layers --------------------------------------------
 
@@ -99,7 +102,7 @@ def test_listing_the_layers_imports_nothing_of_this_package():
     assert run.stdout.split() == ["listed", "False", "True"]
 
 
-def test_numbacnn_layers_lists_the_four_layers():
+def test_numbacnn_layers_lists_the_contrib_layers():
     result = CliRunner().invoke(app, ["layers", "--json"])
     assert result.exit_code == 0, result.output
     ours = {row["name"]: row for row in json.loads(result.stdout) if row["package"] == PACKAGE}
@@ -107,7 +110,7 @@ def test_numbacnn_layers_lists_the_four_layers():
     for row in ours.values():
         assert row["status"] == "ok"
         assert row["devices"] == ["cpu", "cuda"]
-        assert row["version"] == "0.1.0"
+        assert row["version"] == VERSION
 
 
 # -- a network of them trains ------------------------------------------------------------------------------
@@ -168,3 +171,144 @@ def test_bad_hyperparameters_are_refused(text, words):
 def test_inputs_that_do_not_fit_are_refused(spec, words):
     with pytest.raises(ShapeError, match=words):
         Sequential(spec).build()
+
+
+# -- dense_block: a block (a layer that holds layers) from a plug-in ---------------------------------------
+
+# Branches as people write them, each on the inputs it takes: a convolution; contrib layers inside the contrib
+# block; a branch without parameters; a built-in block nested inside; dense layers on rows: all free of state
+# and randomness, so each training pass is a plain function of its input. The last two bring batch
+# normalisation's running statistics and dropout's random mask into the block.
+DENSE_BRANCHES = {
+    "conv_relu": ("conv2d(2,3,padding=same) relu", image_shapes()),
+    "contrib_layers": ("conv2d(3,1,bias=False) leaky_relu(0.1) depthwise_conv2d(3,padding=same)", image_shapes()),
+    "no_params": ("elu(0.5)", image_shapes()),
+    "nested_residual": ("conv2d(2,1) residual(conv2d(2,3,padding=same) relu)", image_shapes()),
+    "rows": ("dense(3) elu", st.tuples(st.integers(1, 8))),
+    "batchnorm": ("conv2d(2,3,padding=same,bias=False) batchnorm2d relu", image_shapes()),
+    "dropout": ("dense(4) dropout(0.5)", st.tuples(st.integers(1, 8))),
+}
+
+DENSE_CASES = [
+    LayerCase("dense_block", hyper={"layers": layers}, input_shape=shapes, max_examples=8, id=f"dense_block_{key}",
+              state_updates=key == "batchnorm")
+    for key, (layers, shapes) in DENSE_BRANCHES.items()
+]
+
+# The CUDA simulator runs every GPU thread in Python, so the devices check of these two branches would take
+# minutes while only repeating the other branches' for dense_block's own kernels (residual's and dropout's
+# are checked on cuda by numbacnn's own tests). They are left out of the check list rather than skipped: the
+# simulator run of these tests counts any skip as a failure.
+ON_CUDA_ELSEWHERE = {"dense_block_nested_residual", "dense_block_dropout"}
+ALL_BUT_DEVICES = [name for name in CHECKS if name != "devices"]
+
+
+@parametrize_with_checks([case for case in DENSE_CASES if case.id not in ON_CUDA_ELSEWHERE])
+def test_dense_block_keeps_the_contract(case, check):
+    check(case)
+
+
+@parametrize_with_checks([case for case in DENSE_CASES if case.id in ON_CUDA_ELSEWHERE], checks=ALL_BUT_DEVICES)
+def test_dense_block_keeps_the_contract_on_the_cpu(case, check):
+    check(case)
+
+
+DENSE_SPEC = "conv2d(4,3) dense_block(conv2d(4,3,padding=same) relu) maxpool2d(2) flatten dense(10)"
+
+
+def test_summary_shows_the_dense_block_and_its_layers():
+    rows = Sequential(DENSE_SPEC).build(seed=0).summary()
+    assert [(r.index, r.depth, r.out_shape, r.weights, r.biases) for r in rows] == [
+        ("1", 0, (26, 26, 4), 36, 4),
+        ("2", 0, (26, 26, 8), 144, 4),  # the block counts its layers' parameters
+        ("2.1", 1, (26, 26, 4), 144, 4),
+        ("2.2", 1, (26, 26, 4), 0, 0),
+        ("3", 0, (13, 13, 8), 0, 0),
+        ("4", 0, (1352,), 0, 0),
+        ("5", 0, (10,), 13520, 10),
+    ]
+    assert rows[1].detail == "appends the branch's 4 channels to its input's 4"
+
+
+def test_a_network_with_a_dense_block_trains_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((16, 28, 28, 1), dtype=np.float32)
+    labels = rng.integers(0, 10, size=16)
+    model = Sequential(DENSE_SPEC).build(seed=0)
+    assert model.trainable_count() == 36 + 4 + 144 + 4 + 13520 + 10  # the block's parameters counted once
+    loss_fn, optimizer = SoftmaxCrossEntropy(), Adam(lr=0.01)
+    losses = []
+    for _ in range(8):
+        loss, dlogits, _ = loss_fn(model.forward(images, training=True), labels)
+        model.backward(dlogits)
+        optimizer.step(model)
+        losses.append(loss)
+    assert losses[-1] < 0.9 * losses[0], losses
+    loaded, metadata = numbacnn.load(numbacnn.save(model, tmp_path / "dense.npz", {"steps": 8}))
+    assert metadata == {"steps": 8}
+    assert loaded.spec == model.spec
+    assert [r.index for r in loaded.summary()] == [r.index for r in model.summary()]
+    np.testing.assert_array_equal(loaded.forward(images), model.forward(images))
+
+
+def test_a_dense_block_checkpoint_keeps_its_layers_running_statistics(tmp_path):
+    """The block's state is its batchnorm2d's, keyed "0.<name>" and saved with the model."""
+    images = np.random.default_rng(1).random((8, 6, 6, 2), dtype=np.float32)
+    model = Sequential("dense_block(batchnorm2d conv2d(3,3,padding=same)) flatten dense(4)", input_shape=(6, 6, 2))
+    model.build(seed=0)
+    assert sorted(model.layers[0].state) == ["0.running_mean", "0.running_var"]
+    assert model.non_trainable_count() == 4
+    for _ in range(3):
+        model.forward(images, training=True)
+    loaded, _ = numbacnn.load(numbacnn.save(model, tmp_path / "bn.npz"))
+    for saved, restored in zip(model.get_state(), loaded.get_state()):
+        assert saved.keys() == restored.keys()
+        for k in saved:
+            np.testing.assert_array_equal(restored[k], saved[k])
+    np.testing.assert_array_equal(loaded.forward(images), model.forward(images))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("dense_block()", "dense_block needs at least one layer inside its parentheses"),
+    ("dense_block(conv2d(4,3,padding=same), growth=2)", "unexpected keyword argument 'growth'"),
+    ("dense_block(relu, layers=relu)", "write its layers inside the parentheses"),
+    ("dense_block(conv2d(4,3,padding=sometimes))", "padding must be 'valid', 'same' or a number"),
+])
+def test_bad_dense_blocks_are_refused(text, words):
+    with pytest.raises(SpecError, match=words) as refusal:
+        make_layer(parse(text)[0])
+    assert "\n" not in str(refusal.value)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("dense_block(conv2d(4,3) relu)", "must keep the image size 8x8; use padding='same'"),
+    ("dense_block(maxpool2d(2))", r"turns \(8, 8, 1\) into \(4, 4, 1\)"),
+    ("dense_block(flatten dense(3))", "must keep the image size 8x8"),
+    ("flatten dense_block(dense(3) flatten conv2d(2,3))", r"dense_block layer 3 \(conv2d\).* needs an image input"),
+])
+def test_branches_that_do_not_fit_are_refused(spec, words):
+    with pytest.raises(ShapeError, match=words) as refusal:
+        Sequential(spec, input_shape=(8, 8, 1)).build()
+    assert "\n" not in str(refusal.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_block_cuda_kernels_match_the_cpu(dtype):
+    """Each kernel against its CPU twin on (positions, channels) views; 70 positions span several blocks."""
+    try:
+        device = get_device("cuda")
+    except DeviceError as error:
+        pytest.skip(f"no usable CUDA device ({error}); set NUMBA_ENABLE_CUDASIM=1 to run on the simulator")
+    from numbacnn_contrib.dense_block import cpu, cuda
+
+    rng = np.random.default_rng(0)
+    x, branch, dy, through_branch = (rng.standard_normal(shape).astype(dtype)
+                                     for shape in [(70, 3), (70, 2), (70, 5), (70, 3)])
+    calls = [("concat_channels", (x, branch), (70, 5)), ("last_channels", (dy,), (70, 2)),
+             ("add_first_channels", (dy, through_branch), (70, 3))]
+    for name, inputs, out_shape in calls:
+        expected = np.empty(out_shape, dtype)
+        getattr(cpu, name)(*inputs, expected)
+        out = device.empty(out_shape, dtype)
+        getattr(cuda, name)(*(device.to_device(a) for a in inputs), out)
+        np.testing.assert_array_equal(device.to_host(out), expected, err_msg=name)

@@ -1,0 +1,190 @@
+"""Batch normalisation on the CPU, on inputs seen as (rows, channels), channels last.
+
+Per-channel sums run over fixed chunks of rows, side by side, each into its own float64 partial; the partials
+are then combined one channel at a time in chunk order. The chunks depend on the shape alone, never on the
+number of threads, so the same input gives the same bits on every run and every machine. A chunk's mean and
+variance are computed in two passes (the second reads the chunk again while it is still in cache) and the
+chunks merged with Chan et al.'s formula: no E[x^2] - E[x]^2 cancellation, even for float32 values far from 0.
+
+The per-channel formulas (``channel_statistics``, ``channel_running_statistics``, ``channel_param_sums``) are
+plain Python, compiled here by ``njit`` and by ``cuda.jit`` in ``cuda.py``: both devices finish the same way.
+They work in float64; ``np.float64(...)`` makes that explicit for float32 arrays, also where the CUDA simulator
+runs them as Python. The elementwise kernels work in the arrays' own dtype: every number they read is stored
+in it, and they hold no float literals.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ...cpu_kernels import scratch
+
+# Values per chunk: 64 KiB of float32, so a chunk's second pass is read from cache.
+CHUNK_ELEMENTS = 16384
+
+
+def chunk_rows(channels: int) -> int:
+    """How many rows one chunk of a per-channel sum takes."""
+    return max(1, CHUNK_ELEMENTS // channels)
+
+
+# -- per-channel formulas, shared with cuda.py --------------------------------------------------------------
+
+
+def channel_statistics(partial, rows, step, c, momentum, eps, running_mean, running_var, mean, inv_std):
+    """Channel ``c``'s batch mean and 1 / sqrt(biased variance + eps) into ``mean[c]`` and ``inv_std[c]``, and
+    its running statistics updated, from ``partial[k] = (mean, sum of squared deviations)`` of each chunk k
+    of ``step`` rows (the last one maybe shorter), ``rows`` in all.
+
+    The chunks are merged in order (Chan, Golub and LeVeque's pairwise update). The running variance takes
+    the unbiased variance (sum / (rows - 1)); with a single row there is none, and it is left unchanged.
+    """
+    count, batch_mean, squares = 0, 0.0, 0.0
+    for k in range(partial.shape[0]):
+        size = min(step, rows - k * step)
+        total = count + size
+        delta = partial[k, 0, c] - batch_mean
+        batch_mean += delta * size / total
+        squares += partial[k, 1, c] + delta * delta * count * size / total
+        count = total
+    running_mean[c] = (1.0 - momentum) * np.float64(running_mean[c]) + momentum * batch_mean
+    if rows > 1:
+        running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * (squares / (rows - 1))
+    mean[c] = batch_mean
+    inv_std[c] = 1.0 / math.sqrt(squares / rows + eps)
+
+
+def channel_running_statistics(running_mean, running_var, eps, c, mean, inv_std):
+    """Channel ``c``'s running mean and 1 / sqrt(running variance + eps), for evaluation."""
+    mean[c] = running_mean[c]
+    inv_std[c] = 1.0 / math.sqrt(np.float64(running_var[c]) + eps)
+
+
+def channel_param_sums(partial, c, dweight, dbias):
+    """Channel ``c``'s parameter gradients: ``partial[k] = (sum of dy, sum of dy * x_hat)`` added in order."""
+    sum_dy, sum_dy_x_hat = 0.0, 0.0
+    for k in range(partial.shape[0]):
+        sum_dy += partial[k, 0, c]
+        sum_dy_x_hat += partial[k, 1, c]
+    dbias[c] = sum_dy
+    dweight[c] = sum_dy_x_hat
+
+
+_channel_statistics = njit(cache=True)(channel_statistics)
+_channel_running_statistics = njit(cache=True)(channel_running_statistics)
+_channel_param_sums = njit(cache=True)(channel_param_sums)
+
+
+# -- launchers: the same names and arguments as in cuda.py ---------------------------------------------------
+
+
+def batch_statistics(x, momentum, eps, running_mean, running_var, mean, inv_std):
+    """The batch's per-channel mean and 1 / sqrt(biased variance + eps) into ``mean`` and ``inv_std``; the
+    running statistics updated in place: running = (1 - momentum) * running + momentum * batch statistic,
+    the variance unbiased. ``x`` is (rows, channels) with rows >= 1."""
+    rows, channels = x.shape
+    step = chunk_rows(channels)
+    partial = scratch("batchnorm_moments", (-(-rows // step), 2, channels), np.float64)
+    chunk_moments(x, step, partial)
+    finish_statistics(partial, rows, step, float(momentum), float(eps), running_mean, running_var, mean, inv_std)
+
+
+def running_statistics(running_mean, running_var, eps, mean, inv_std):
+    """``mean`` = the running mean and ``inv_std`` = 1 / sqrt(running variance + eps): what evaluation uses."""
+    finish_running_statistics(running_mean, running_var, float(eps), mean, inv_std)
+
+
+def batchnorm_forward(x, mean, inv_std, weight, bias, out):
+    """out = (x - mean) * inv_std * weight + bias, per channel."""
+    _batchnorm_forward(x, mean, inv_std, weight, bias, out)
+
+
+def batchnorm_backward_params(x, dy, mean, inv_std, dweight, dbias):
+    """dbias = sum of dy and dweight = sum of dy * x_hat over the rows, x_hat = (x - mean) * inv_std."""
+    rows, channels = x.shape
+    step = chunk_rows(channels)
+    partial = scratch("batchnorm_param_sums", (-(-rows // step), 2, channels), np.float64)
+    chunk_param_sums(x, dy, mean, inv_std, step, partial)
+    finish_param_sums(partial, dweight, dbias)
+
+
+def batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, dx):
+    """dx = weight * inv_std * (dy - dbias / rows - x_hat * dweight / rows): the gradient through the output and
+    through the batch mean and variance, given the parameter gradients that ``batchnorm_backward_params`` made."""
+    inv_rows = x.dtype.type(1.0 / max(x.shape[0], 1))  # in x's dtype, so float32 work stays float32
+    _batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, inv_rows, dx)
+
+
+# -- kernels ---------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def chunk_moments(x, step, partial):
+    """partial[k] = (mean, sum of squared deviations from it) per channel over the rows of chunk k."""
+    rows, channels = x.shape
+    for k in prange(partial.shape[0]):
+        start, stop = k * step, min(rows, (k + 1) * step)
+        mean, squares = partial[k, 0], partial[k, 1]
+        mean[:] = 0.0
+        squares[:] = 0.0
+        for r in range(start, stop):
+            for c in range(channels):
+                mean[c] += np.float64(x[r, c])
+        for c in range(channels):
+            mean[c] /= stop - start
+        for r in range(start, stop):
+            for c in range(channels):
+                d = np.float64(x[r, c]) - mean[c]
+                squares[c] += d * d
+
+
+@njit(cache=True)
+def finish_statistics(partial, rows, step, momentum, eps, running_mean, running_var, mean, inv_std):
+    for c in range(mean.shape[0]):
+        _channel_statistics(partial, rows, step, c, momentum, eps, running_mean, running_var, mean, inv_std)
+
+
+@njit(cache=True)
+def finish_running_statistics(running_mean, running_var, eps, mean, inv_std):
+    for c in range(mean.shape[0]):
+        _channel_running_statistics(running_mean, running_var, eps, c, mean, inv_std)
+
+
+@njit(parallel=True, cache=True)
+def _batchnorm_forward(x, mean, inv_std, weight, bias, out):
+    rows, channels = x.shape
+    for r in prange(rows):
+        for c in range(channels):
+            out[r, c] = (x[r, c] - mean[c]) * inv_std[c] * weight[c] + bias[c]
+
+
+@njit(parallel=True, cache=True)
+def chunk_param_sums(x, dy, mean, inv_std, step, partial):
+    """partial[k] = (sum of dy, sum of dy * x_hat) per channel over the rows of chunk k; x_hat is computed
+    exactly as the forward pass computed it."""
+    rows, channels = x.shape
+    for k in prange(partial.shape[0]):
+        sum_dy, sum_dy_x_hat = partial[k, 0], partial[k, 1]
+        sum_dy[:] = 0.0
+        sum_dy_x_hat[:] = 0.0
+        for r in range(k * step, min(rows, (k + 1) * step)):
+            for c in range(channels):
+                x_hat = (x[r, c] - mean[c]) * inv_std[c]
+                sum_dy[c] += np.float64(dy[r, c])
+                sum_dy_x_hat[c] += np.float64(dy[r, c]) * np.float64(x_hat)
+
+
+@njit(cache=True)
+def finish_param_sums(partial, dweight, dbias):
+    for c in range(dbias.shape[0]):
+        _channel_param_sums(partial, c, dweight, dbias)
+
+
+@njit(parallel=True, cache=True)
+def _batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, inv_rows, dx):
+    rows, channels = x.shape
+    for r in prange(rows):
+        for c in range(channels):
+            x_hat = (x[r, c] - mean[c]) * inv_std[c]
+            dx[r, c] = weight[c] * inv_std[c] * (dy[r, c] - dbias[c] * inv_rows - x_hat * (dweight[c] * inv_rows))
