@@ -120,25 +120,25 @@ def train(
     layers: Optional[str] = LAYERS,
     dataset: Dataset = typer.Option(Dataset.mnist, "--dataset", "-d", help="The data set to train on."),
     epochs: Optional[int] = typer.Option(
-        None, "--epochs", "-e", min=1, help="Passes over the training set [default: the network's recipe, else 12]."
+        None, "--epochs", "-e", min=1, help="Passes over the training set (default: the network's recipe, else 12)."
     ),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", "-b", min=1, help="Images per training step [default: the network's recipe, else 128]."
+        None, "--batch-size", "-b", min=1, help="Images per training step (default: the network's recipe, else 128)."
     ),
     optimizer: Optional[OptimizerName] = typer.Option(
-        None, "--optimizer", help="adam or sgd (with momentum 0.9) [default: the network's recipe, else adam]."
+        None, "--optimizer", help="adam or sgd (with momentum 0.9) (default: the network's recipe, else adam)."
     ),
     lr: Optional[float] = typer.Option(
-        None, "--lr", help="Learning rate [default: the network's recipe, else 0.001 for adam, 0.01 for sgd]."
+        None, "--lr", help="Learning rate (default: the network's recipe, else 0.001 for adam, 0.01 for sgd)."
     ),
     schedule: Optional[Schedule] = typer.Option(
         None, "--schedule",
-        help="Learning rate over the run: cosine (decays to zero) or constant [default: the network's recipe, else cosine].",
+        help="Learning rate over the run: cosine (decays to zero) or constant (default: the network's recipe, else cosine).",
     ),
     augment: Optional[str] = typer.Option(
         None, "--augment",
         help="Random changes to each training image: none, or shift=N (up to N pixels each way), with "
-             "rotate=DEGREES and scale=FRACTION where supported, e.g. 'shift=2' [default: the network's recipe, else none].",
+             "rotate=DEGREES and scale=FRACTION, e.g. 'shift=2,rotate=10' (default: the network's recipe, else none).",
     ),
     stop_at: Optional[float] = typer.Option(
         None, "--stop-at", min=0.0, max=1.0, help="End early once the test accuracy reaches this, e.g. 0.99."

@@ -297,3 +297,9 @@ def test_data_fetch_checks_a_local_copy(datasets_dir):
     assert result.exit_code == 0, result.output
     assert "fashion-mnist train: 60,000 images, checksums ok." in result.output
     assert "fashion-mnist test: 10,000 images, checksums ok." in result.output
+
+
+def test_train_help_shows_where_defaults_come_from():
+    result = run("train", "--help")
+    assert result.exit_code == 0
+    assert "the network's recipe, else 12" in " ".join(result.output.split())
