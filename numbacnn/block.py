@@ -135,11 +135,7 @@ class Block(Layer):
         return [(str(i), child) for i, child in enumerate(self.children)]
 
     def build(self, in_shape: Shape, *, rng: np.random.Generator, dtype=np.float32, device="cpu") -> Shape:
-        from .device import get_device
-
-        self.in_shape = tuple(int(d) for d in in_shape)
-        self.dtype, self.device = np.dtype(dtype), get_device(device)
-        self.kernels = self.load_kernels(self.device)
+        self.place(in_shape, dtype, device)
         shape = build_chain(self.children, self.in_shape, rng=rng, dtype=self.dtype, device=self.device,
                             owner=f"{self.name} layer")
         self.out_shape = tuple(self.combine(self.in_shape, shape, rng))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import zipfile
 from pathlib import Path
@@ -71,10 +72,10 @@ def load(path: str | Path, *, device="cpu") -> tuple[Sequential, dict[str, Any]]
     saved = {"layer": [{} for _ in layers], "state": [{} for _ in layers]}
     for key, value in arrays.items():
         index, _, name = key.partition(".")
-        kind = index.rstrip("0123456789")
-        if kind not in saved or not index[len(kind):].isdigit() or int(index[len(kind):]) >= len(layers):
+        owner = re.fullmatch(r"(layer|state)(\d+)", index)
+        if owner is None or int(owner[2]) >= len(layers):
             raise CheckpointError(f"{path} holds an array {key!r} that belongs to no layer; it is corrupt.")
-        saved[kind][int(index[len(kind):])][name] = value
+        saved[owner[1]][int(owner[2])][name] = value
     try:
         model.set_weights(saved["layer"])
         if meta["version"] >= 2:  # older files come from before layers had state

@@ -64,16 +64,21 @@ class Layer:
     def build(self, in_shape: Shape, *, rng: np.random.Generator, dtype=np.float32, device="cpu") -> Shape:
         """Make the parameters and state for inputs of shape ``in_shape`` (no batch axis); returns the output
         shape."""
-        self.in_shape = tuple(int(d) for d in in_shape)
-        self.dtype = np.dtype(dtype)
-        self.device = get_device(device)
-        self.kernels = self.load_kernels(self.device)
+        self.place(in_shape, dtype, device)
         self.out_shape = self.output_shape(self.in_shape)
         host_params = self.init_params(self.in_shape, rng)
         self.params = {k: self.device.to_device(v.astype(self.dtype)) for k, v in host_params.items()}
         self.grads = {k: self.device.zeros(v.shape, self.dtype) for k, v in host_params.items()}
         self.state = {k: self.device.to_device(v.astype(self.dtype)) for k, v in self.init_state(self.in_shape).items()}
         return self.out_shape
+
+    def place(self, in_shape: Shape, dtype, device) -> None:
+        """Sets ``in_shape``, ``dtype``, ``device`` and the ``kernels`` for that device: what every ``build``
+        does first."""
+        self.in_shape = tuple(int(d) for d in in_shape)
+        self.dtype = np.dtype(dtype)
+        self.device = get_device(device)
+        self.kernels = self.load_kernels(self.device)
 
     def output_shape(self, in_shape: Shape) -> Shape:
         """The output shape for ``in_shape``; raises ``ShapeError`` when the layer cannot take it."""

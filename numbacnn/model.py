@@ -109,7 +109,7 @@ class Sequential:
 
     def count_params(self) -> int:
         """Every number the model keeps, trainable or not (as Keras counts its total)."""
-        return self.trainable_count() + self.non_trainable_count()
+        return sum(row.params + row.non_trainable for row in self.summary() if row.depth == 0)
 
     def trainable_count(self) -> int:
         return sum(row.params for row in self.summary() if row.depth == 0)
@@ -119,35 +119,37 @@ class Sequential:
 
     def get_weights(self) -> list[dict[str, np.ndarray]]:
         """Every layer's parameters, copied to host memory."""
-        return [{k: self.device.to_host(v).copy() for k, v in layer.params.items()} for layer in self.layers]
+        return self._host_copies("params")
 
     def set_weights(self, weights: list[dict[str, np.ndarray]]) -> None:
         """Loads parameters saved by ``get_weights``; ``ShapeError`` when they do not fit."""
-        if len(weights) != len(self.layers):
-            raise ShapeError(f"{len(weights)} layers of weights for a model of {len(self.layers)} layers.")
-        for layer, values in zip(self.layers, weights):
-            if set(values) != set(layer.params):
-                raise ShapeError(f"{layer.name}: weights {sorted(values)} where {sorted(layer.params)} were expected.")
-            for k, v in values.items():
-                if tuple(v.shape) != tuple(layer.params[k].shape):
-                    raise ShapeError(f"{layer.name}.{k}: shape {v.shape}, expected {tuple(layer.params[k].shape)}.")
-                layer.params[k] = self.device.to_device(np.asarray(v, dtype=self.dtype))
+        self._load("params", weights, "weights")
 
     def get_state(self) -> list[dict[str, np.ndarray]]:
         """Every layer's non-trainable state (running statistics...), copied to host memory."""
-        return [{k: self.device.to_host(v).copy() for k, v in layer.state.items()} for layer in self.layers]
+        return self._host_copies("state")
 
     def set_state(self, states: list[dict[str, np.ndarray]]) -> None:
         """Loads state saved by ``get_state``; ``ShapeError`` when it does not fit."""
-        if len(states) != len(self.layers):
-            raise ShapeError(f"{len(states)} layers of state for a model of {len(self.layers)} layers.")
-        for layer, values in zip(self.layers, states):
-            if set(values) != set(layer.state):
-                raise ShapeError(f"{layer.name}: state {sorted(values)} where {sorted(layer.state)} was expected.")
+        self._load("state", states, "state")
+
+    def _host_copies(self, attribute: str) -> list[dict[str, np.ndarray]]:
+        """Each layer's ``params`` or ``state`` arrays, copied to host memory."""
+        return [{k: self.device.to_host(v).copy() for k, v in getattr(layer, attribute).items()}
+                for layer in self.layers]
+
+    def _load(self, attribute: str, saved: list[dict[str, np.ndarray]], what: str) -> None:
+        """Replaces each layer's ``params`` or ``state`` arrays (``what`` names them in errors) by ``saved``."""
+        if len(saved) != len(self.layers):
+            raise ShapeError(f"{len(saved)} layers of {what} for a model of {len(self.layers)} layers.")
+        for layer, values in zip(self.layers, saved):
+            arrays = getattr(layer, attribute)
+            if set(values) != set(arrays):
+                raise ShapeError(f"{layer.name}: {what} {sorted(values)} where {sorted(arrays)} were expected.")
             for k, v in values.items():
-                if tuple(v.shape) != tuple(layer.state[k].shape):
-                    raise ShapeError(f"{layer.name} state {k}: shape {v.shape}, expected {tuple(layer.state[k].shape)}.")
-                layer.state[k] = self.device.to_device(np.asarray(v, dtype=self.dtype))
+                if tuple(v.shape) != tuple(arrays[k].shape):
+                    raise ShapeError(f"{layer.name}.{k}: shape {v.shape}, expected {tuple(arrays[k].shape)}.")
+                arrays[k] = self.device.to_device(np.asarray(v, dtype=self.dtype))
 
 
 def _rows(index: str, layer: Layer, depth: int) -> list[SummaryRow]:

@@ -21,9 +21,10 @@ from numbacnn.errors import DeviceError, ShapeError, SpecError
 from numbacnn.layers.batchnorm2d import BatchNorm, BatchNorm2D
 from numbacnn.layers.batchnorm2d import cpu as bn_cpu
 from numbacnn.testing import LayerCase, image_shapes, parametrize_with_checks
+# The other layers' reference tests: float64 results may differ from a reference only in the order of sums,
+# float32 ones by rounding.
+from test_reference import TOLERANCES, assert_agrees
 
-# float64 results differ from the reference only in the order of sums; float32 ones by rounding.
-TOLERANCES = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=1e-4, atol=1e-4)}
 DTYPES = st.sampled_from([np.float64, np.float32])
 FEW = settings(max_examples=15, deadline=None)
 
@@ -114,13 +115,6 @@ def built(layer, in_shape, dtype, weight=None, bias=None, device="cpu"):
         if values is not None:
             layer.params[name][...] = values
     return layer
-
-
-def assert_agrees(actual, expected, dtype, what):
-    tol = TOLERANCES[dtype]
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
-    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=what)
 
 
 def state_of(layer) -> dict[str, np.ndarray]:
