@@ -27,25 +27,29 @@ from .cache import use_kernel_cache  # noqa: E402
 use_kernel_cache(__version__)
 
 from .block import Block
-from .checkpoint import load, save
+from .checkpoint import load, load_resume, save, save_resume
 from .errors import (
     CheckpointError,
     DataError,
     DeviceError,
+    ExportError,
     NumbacnnError,
+    OutputError,
     PluginError,
     ShapeError,
     SpecError,
+    TrainingDiverged,
 )
 from .layer import Layer
 from .model import Sequential
 from .optim import SGD, Adam
 from .presets import PRESETS
 from .registry import registry
-from .train import evaluate, fit, prepare_images
+from .train import RunState, TrainingInterrupted, evaluate, fit, prepare_images
 
 __all__ = [
-    "SGD", "Adam", "Block", "CheckpointError", "DataError", "DeviceError", "Layer", "NumbacnnError", "PRESETS",
-    "PluginError", "Sequential", "ShapeError", "SpecError", "evaluate", "fit", "load", "prepare_images",
-    "registry", "save",
+    "SGD", "Adam", "Block", "CheckpointError", "DataError", "DeviceError", "ExportError", "Layer", "NumbacnnError",
+    "OutputError", "PRESETS", "PluginError", "RunState", "Sequential", "ShapeError", "SpecError", "TrainingDiverged",
+    "TrainingInterrupted", "evaluate", "fit", "load", "load_resume", "prepare_images", "registry", "save",
+    "save_resume",
 ]

@@ -79,13 +79,15 @@ def _layer_times(model: Sequential, x, labels, timing) -> list[dict[str, Any]]:
     """Forward and backward time of each layer, on the activations and gradients a real training step gives
     it (the gradients matter: behind ReLU and max pooling most are zero, which the kernels exploit)."""
     inputs, dys = _one_training_step(model, x, labels)
-    rows = []
-    for layer, x_in, dy in zip(model.execution_order, inputs, dys):
+    rows = {}
+    for position, (layer, x_in, dy) in enumerate(zip(model.execution_order, inputs, dys)):
         forward_s = median_seconds(lambda: layer.forward(x_in, training=True), **timing)
         both_s = median_seconds(lambda: (layer.forward(x_in, training=True), layer.backward(dy)), **timing)
-        rows.append({"layer": repr(layer), "out_shape": list(layer.forward(x_in, training=True).shape[1:]),
-                     "forward_ms": forward_s * 1e3, "backward_ms": max(both_s - forward_s, 0.0) * 1e3})
-    return rows
+        # Listed as the summary lists them; a relu that runs after its max pooling says so.
+        moved = " (runs after the pooling)" if layer is not model.layers[position] else ""
+        rows[id(layer)] = {"layer": repr(layer) + moved, "out_shape": list(layer.out_shape),
+                           "forward_ms": forward_s * 1e3, "backward_ms": max(both_s - forward_s, 0.0) * 1e3}
+    return [rows[id(layer)] for layer in model.layers]
 
 
 def _one_training_step(model: Sequential, x, labels):
@@ -180,6 +182,7 @@ def torch_twin(model: Sequential, torch):
 
 def print_report(report: dict[str, Any], console) -> None:
     """The report as Rich tables."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("layer", "output shape", "forward ms", "backward ms",
@@ -197,4 +200,4 @@ def print_report(report: dict[str, Any], console) -> None:
                        f"{mine / theirs:.2f}x" if theirs else "-")
     console.print(totals)
     if "skipped" in torch:
-        console.print(f"PyTorch: {torch['skipped']}")
+        console.print(f"PyTorch: {escape(torch['skipped'])}")

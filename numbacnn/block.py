@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NumbacnnError, SpecError
+from .errors import NumbacnnError, ShapeError, SpecError
 from .layer import Layer, Shape
 
 
@@ -40,15 +40,23 @@ def run_order(layers: list[Layer]) -> list[Layer]:
     return order
 
 
-def build_chain(layers: list[Layer], in_shape: Shape, *, rng, dtype, device, owner: str = "Layer") -> Shape:
+def build_chain(layers: list[Layer], in_shape: Shape, *, rng, dtype, device, owner: str = "Layer",
+                after_each=None) -> Shape:
     """Builds ``layers`` one after the other from ``in_shape``; returns the last output shape. An error names
-    the layer that does not fit (``owner`` says where it sits: "Layer", or "residual layer")."""
+    the layer that does not fit (``owner`` says where it sits: "Layer", or "residual layer"). ``after_each(i,
+    layer)`` runs after each layer is built and may raise to stop before the next one allocates anything."""
     shape = tuple(in_shape)
     for i, layer in enumerate(layers):
         try:
-            shape = layer.build(shape, rng=rng, dtype=dtype, device=device)
+            out_shape = layer.build(shape, rng=rng, dtype=dtype, device=device)
+            if after_each is not None:
+                after_each(i, layer)
         except NumbacnnError as error:
             raise type(error)(f"{owner} {i + 1} ({layer.name}) with input {shape}: {error}") from None
+        except MemoryError as error:  # parameters too large to allocate at all
+            raise ShapeError(f"{owner} {i + 1} ({layer!r}) with input {shape}: its parameters do not fit in memory "
+                             f"({error}); make the layer smaller.") from None
+        shape = out_shape
     return shape
 
 

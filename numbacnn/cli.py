@@ -1,4 +1,4 @@
-"""The ``numbacnn`` command: train, evaluate, predict, summary, layers, bench, data."""
+"""The ``numbacnn`` command: train, evaluate, predict, summary, layers, bench, data, show, export."""
 
 from __future__ import annotations
 
@@ -18,14 +18,20 @@ from rich.table import Table
 from .errors import NumbacnnError
 from .presets import DEFAULT_PRESET, PRESETS
 
+# Help texts are plain text, not Rich markup: "numbacnn[cuda]" must show its brackets. -h works as --help.
+HELP_SETTINGS = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
 app = typer.Typer(
     help="Small convolutional networks with Numba kernels: train and use MNIST classifiers, add layers as plug-ins.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    **HELP_SETTINGS,
 )
-data_app = typer.Typer(help="Fetch the data sets and show where they are kept.", no_args_is_help=True)
+data_app = typer.Typer(help="Fetch the data sets and show where they are kept.", no_args_is_help=True, **HELP_SETTINGS)
 app.add_typer(data_app, name="data")
+show_app = typer.Typer(help="Pictures of a trained network, written as PNG files.", no_args_is_help=True,
+                       **HELP_SETTINGS)
+app.add_typer(show_app, name="show")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -58,7 +64,7 @@ DATA_DIR = typer.Option(
 )
 DEVICE = typer.Option(DeviceName.cpu, "--device", help="Where to run: cpu, or cuda (needs numbacnn[cuda] and a GPU).")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads for the kernels (default: all cores).")
-MODEL = typer.Option(DEFAULT_PRESET, "--model", "-m", help=f"A named network: {', '.join(PRESETS)}.")
+MODEL = typer.Option(None, "--model", "-m", help=f"A named network: {', '.join(PRESETS)} (default: {DEFAULT_PRESET}).")
 LAYERS = typer.Option(
     None, "--layers", "-l",
     help='A layer spec instead of --model, e.g. "conv2d(32,3) relu maxpool2d(2) flatten dense(10)".',
@@ -97,10 +103,18 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _spec(model: str, layers: Optional[str]) -> str:
+def _spec(model: Optional[str], layers: Optional[str]) -> str:
+    """The spec text that -m or --layers asks for (the default network when neither does)."""
     from .presets import preset_spec
 
-    return layers if layers else preset_spec(model)
+    if model is not None and layers is not None:
+        raise NumbacnnError("Give either -m (a named network) or --layers (a spec of your own), not both.")
+    if layers is not None:
+        if not layers.strip():
+            raise NumbacnnError('--layers is empty; give layers such as "conv2d(8,3) relu maxpool2d(2) flatten '
+                                'dense(10)", or leave it out for the default network.')
+        return layers
+    return preset_spec(model or DEFAULT_PRESET)
 
 
 def _load_split(dataset: Dataset, split: str, data_dir: Optional[Path], limit: Optional[int] = None):
@@ -113,12 +127,15 @@ def _load_split(dataset: Dataset, split: str, data_dir: Optional[Path], limit: O
     return prepare_images(images), labels.astype(np.int64)
 
 
+VALIDATION_DEFAULT = 5000
+
+
 @app.command()
 @user_errors
 def train(
-    model: str = MODEL,
+    model: Optional[str] = MODEL,
     layers: Optional[str] = LAYERS,
-    dataset: Dataset = typer.Option(Dataset.mnist, "--dataset", "-d", help="The data set to train on."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help="The data set to train on (default: mnist)."),
     epochs: Optional[int] = typer.Option(
         None, "--epochs", "-e", min=1, help="Passes over the training set (default: the network's recipe, else 12)."
     ),
@@ -140,61 +157,167 @@ def train(
         help="Random changes to each training image: none, or shift=N (up to N pixels each way), with "
              "rotate=DEGREES and scale=FRACTION, e.g. 'shift=2,rotate=10' (default: the network's recipe, else none).",
     ),
-    stop_at: Optional[float] = typer.Option(
-        None, "--stop-at", min=0.0, max=1.0, help="End early once the test accuracy reaches this, e.g. 0.99."
+    validation: Optional[int] = typer.Option(
+        None, "--validation", min=0,
+        help=f"Training images held out (the last N) to score each epoch, pick the best one and decide --stop-at; "
+             f"0 trains on all of them (default: {VALIDATION_DEFAULT:,}).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seeds the weights, the batch order, dropout and augmentation: same seed, same run."),
+    stop_at: Optional[float] = typer.Option(
+        None, "--stop-at", min=0.0, max=1.0, help="End early once the validation accuracy reaches this, e.g. 0.99."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seeds the weights, the batch order, dropout and augmentation: same seed, same run (default 0)."
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on the first N training images only."),
-    output: Path = typer.Option(
-        Path("model.npz"), "--output", "-o", help="Checkpoint file, rewritten after every epoch."
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o",
+        help="Checkpoint of the best epoch (default model.npz); beside it OUTPUT.metrics.jsonl (per-epoch "
+             "metrics) and, until the run ends, OUTPUT.resume.npz (what --resume continues from).",
+    ),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", metavar="CHECKPOINT",
+        help="Continue the interrupted run whose --output was CHECKPOINT, with all its settings, where it stopped.",
     ),
     data_dir: Optional[Path] = DATA_DIR,
     device: DeviceName = DEVICE,
     threads: Optional[int] = THREADS,
 ):
-    """Train a network and report its test accuracy; the checkpoint is saved after every epoch.
+    """Train a network and report its test accuracy; the best epoch is kept in --output.
 
     A named network (-m) brings its own training recipe (`numbacnn models` lists them); every option given
-    here wins over it.
+    here wins over it. Each epoch is scored on a validation set held out of the training images; the test
+    set is used once, at the end, on the best epoch. Ctrl-C saves the run so far: `--resume` continues it.
     """
-    from . import checkpoint
+    from .outputs import RunOutputs
+
+    _set_threads(threads)
+    given = {"-m": model, "--layers": layers, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
+             "--optimizer": optimizer, "--lr": lr, "--schedule": schedule, "--augment": augment,
+             "--validation": validation, "--stop-at": stop_at, "--seed": seed, "--limit": limit}
+    if resume is not None:
+        settings_given = [name for name, value in given.items() if value is not None]
+        if settings_given or (output is not None and output != resume):
+            raise NumbacnnError(f"--resume continues a run with the settings it started with; leave out "
+                                f"{', '.join(settings_given) or '--output'}.")
+        outputs = RunOutputs(resume)
+    else:
+        _spec(model, layers)  # a bad choice of network ends here, before any file is touched
+        outputs = RunOutputs(output or Path("model.npz"))
+    outputs.check()
+    with outputs:
+        if resume is not None:
+            run_training(*_resumed_run(outputs, device), outputs, data_dir)
+        else:
+            run_training(*_new_run(given, device, seed or 0), outputs, data_dir)
+
+
+def _new_run(given: dict, device: DeviceName, seed: int):
+    """(model, optimiser, RunState, settings) for a run that starts now, from the options and the recipe."""
     from .augment import Augment
     from .model import Sequential
     from .optim import make_optimizer
     from .presets import preset_recipe
+    from .train import RunState
+
+    name, layers = given["-m"], given["--layers"]
+    recipe = preset_recipe(None if layers else name or DEFAULT_PRESET)
+    batch_size = given["--batch-size"] or recipe.batch_size
+    net = Sequential(_spec(name, layers)).build(seed=seed, device=device.value, batch_size=batch_size)
+    optimizer = make_optimizer(given["--optimizer"].value if given["--optimizer"] else recipe.optimizer,
+                               given["--lr"] if given["--lr"] is not None else recipe.lr)
+    schedule = given["--schedule"]
+    augment = given["--augment"]
+    settings = {
+        "name": "custom layers" if layers else name or DEFAULT_PRESET,
+        "dataset": (given["--dataset"] or Dataset.mnist).value,
+        "epochs": given["--epochs"] or recipe.epochs,
+        "batch_size": batch_size,
+        "schedule": schedule.value if schedule else recipe.schedule,
+        "augment": str(Augment.parse(augment if augment is not None else recipe.augment)),
+        "validation": VALIDATION_DEFAULT if given["--validation"] is None else given["--validation"],
+        "stop_at": given["--stop-at"],
+        "seed": seed,
+        "limit": given["--limit"],
+    }
+    return net, optimizer, RunState(), settings
+
+
+def _resumed_run(outputs, device: DeviceName):
+    from . import checkpoint
+    from .errors import CheckpointError
+
+    if not outputs.resume_path.is_file():
+        raise CheckpointError(
+            f"There is no run to resume at {outputs.path}: {outputs.resume_path} is missing (it is removed when a run "
+            f"ends normally); start a new run with `numbacnn train`."
+        )
+    return checkpoint.load_resume(outputs.resume_path, device=device.value)
+
+
+def run_training(net, optimizer, run, settings: dict, outputs, data_dir: Optional[Path]) -> None:
+    """Trains (or goes on training) ``net`` as ``settings`` say, keeping ``outputs`` up to date; then scores
+    the best epoch on the test set."""
+    from . import checkpoint
+    from .augment import Augment
+    from .data import class_names, load_dataset
     from .progress import TrainingProgress
-    from .train import fit
+    from .train import TrainingInterrupted, check_classifier, fit, prepare_images, split_validation
+    from .train import evaluate as run_evaluation
 
-    _set_threads(threads)
-    spec = _spec(model, layers)
-    recipe = preset_recipe(None if layers else model)
-    epochs = epochs or recipe.epochs
-    batch_size = batch_size or recipe.batch_size
-    schedule = schedule.value if schedule else recipe.schedule
-    augmentation = Augment.parse(augment if augment is not None else recipe.augment)
-    net = Sequential(spec).build(seed=seed, device=device.value)
-    opt = make_optimizer(optimizer.value if optimizer else recipe.optimizer, lr if lr is not None else recipe.lr)
-    base_lr = opt.lr
-    x_train, y_train = _load_split(dataset, "train", data_dir, limit)
-    x_test, y_test = _load_split(dataset, "test", data_dir)
-    out.print(f"Training [bold]{layers and 'custom layers' or model}[/] ({net.count_params():,} parameters) on "
-              f"{dataset.value}: {len(x_train):,} images, {_count(epochs, 'epoch')} of batch {batch_size}, "
-              f"{opt.name} lr {base_lr:g} ({schedule}), augmentation {augmentation}, seed {seed}, {device.value}.")
+    dataset = Dataset(settings["dataset"])
+    check_classifier(net, len(class_names(dataset.value)))
+    images, labels = load_dataset(dataset.value, "train", data_dir=data_dir)
+    (x_train, y_train), (x_val, y_val) = split_validation(images, labels, settings["validation"], settings["limit"])
+    x_train, x_val = prepare_images(x_train), prepare_images(x_val)
+    y_train, y_val = y_train.astype(np.int64), y_val.astype(np.int64)
+    epochs, batch_size = settings["epochs"], settings["batch_size"]
+    if batch_size > len(x_train):
+        raise NumbacnnError(f"--batch-size {batch_size:,} is more than the {len(x_train):,} training images; "
+                            f"use at most {len(x_train):,}.")
+    net.check_memory(batch_size, optimizer.slots)
+    where = f"from epoch {run.epoch}, batch {run.batches_done + 1}, " if run.history or run.batches_done else ""
+    out.print(f"{'Resuming' if where else 'Training'} [bold]{escape(settings['name'])}[/] ({net.count_params():,} "
+              f"parameters) on {dataset.value}: {len(x_train):,} images ({len(x_val):,} held out for validation), "
+              f"{where}{_count(epochs, 'epoch')} of batch {batch_size}, {optimizer.name} lr {optimizer.base_lr:g} "
+              f"({settings['schedule']}), augmentation {settings['augment']}, seed {settings['seed']}, "
+              f"{net.device.name}.")
 
-    def save(result):
-        meta = {"dataset": dataset.value, "epochs": result.epoch, "seed": seed, "optimizer": opt.name,
-                "lr": base_lr, "schedule": schedule, "batch_size": batch_size, "augment": str(augmentation),
-                "test_accuracy": result.test_accuracy}
-        checkpoint.save(net, output, meta)
+    def metadata(extra=None):
+        return {"dataset": dataset.value, "epochs": run.best_epoch, "epochs_run": len(run.history),
+                "val_accuracy": run.best_accuracy, "optimizer": optimizer.name, "lr": optimizer.base_lr,
+                **{k: settings[k] for k in ("seed", "schedule", "batch_size", "augment", "validation")},
+                "history": run.history, **(extra or {})}
+
+    def end_of_epoch(result):
+        if result.best:
+            outputs.save_best(net, metadata())
+        outputs.save_resume(net, optimizer, run, settings)
+        outputs.write_metrics(run.history)
+        progress.epoch(result)
 
     with TrainingProgress(err, epochs) as progress:
-        results = fit(net, opt, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed,
-                      test=(x_test, y_test), schedule=schedule, stop_at=stop_at, augment=augmentation,
-                      on_batch=progress.batch,
-                      on_epoch=lambda r: (save(r), progress.epoch(r)))
-    last = results[-1]
-    out.print(f"Test accuracy: [bold]{last.test_accuracy:.2%}[/] on {len(x_test):,} {dataset.value} test images "
-              f"after {_count(last.epoch, 'epoch')}. Saved to {output}.")
+        try:
+            fit(net, optimizer, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=settings["seed"],
+                validation=(x_val, y_val) if len(x_val) else None, schedule=settings["schedule"],
+                stop_at=settings["stop_at"], augment=Augment.parse(settings["augment"]), run=run,
+                on_batch=progress.batch, on_validate=progress.validating, on_epoch=end_of_epoch)
+        except TrainingInterrupted as stop:
+            outputs.save_resume(net, optimizer, stop.run, settings)
+            kept = f"; {outputs.path} keeps the best epoch, {run.best_epoch}" if run.best_epoch else ""
+            err.print(f"Interrupted in epoch {stop.run.epoch} after {stop.run.batches_done} batches. Saved the run so "
+                      f"far to {outputs.resume_path}{kept}. Continue it with: numbacnn train --resume {outputs.path}")
+            raise typer.Exit(130) from None
+    best, _ = checkpoint.load(outputs.path, device=net.device.name)
+    x_test, y_test = _load_split(dataset, "test", data_dir)
+    test_loss, test_accuracy = run_evaluation(best, x_test, y_test)
+    run.history[run.best_epoch - 1].update(test_loss=test_loss, test_accuracy=test_accuracy)
+    outputs.save_best(best, metadata({"test_loss": test_loss, "test_accuracy": test_accuracy}))
+    outputs.write_metrics(run.history)
+    outputs.finish()
+    chosen = (f"the best epoch by validation accuracy, {run.best_epoch} of {len(run.history)} "
+              f"({run.best_accuracy:.2%})" if run.best_accuracy is not None else f"epoch {run.best_epoch}")
+    out.print(f"Test accuracy: [bold]{test_accuracy:.2%}[/] on {len(x_test):,} {dataset.value} test images, with "
+              f"{chosen}. Saved to {outputs.path}; per-epoch metrics in {outputs.metrics_path}.")
 
 
 @app.command()
@@ -205,9 +328,12 @@ def evaluate(
     data_dir: Optional[Path] = DATA_DIR,
     device: DeviceName = DEVICE,
     threads: Optional[int] = THREADS,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ):
-    """Accuracy and loss of a saved network on the whole test set."""
+    """Accuracy and loss of a saved network on the whole test set, and the accuracy on each class."""
     from . import checkpoint
+    from .data import class_names
+    from .metrics import class_accuracy
     from .train import evaluate as run_evaluation
 
     _set_threads(threads)
@@ -215,7 +341,17 @@ def evaluate(
     dataset = dataset or Dataset(meta.get("dataset", "mnist"))
     x_test, y_test = _load_split(dataset, "test", data_dir)
     loss, accuracy = run_evaluation(net, x_test, y_test)
+    names = class_names(dataset.value)
+    per_class = class_accuracy(y_test, net.predict(x_test).argmax(axis=1), len(names))
+    if as_json:
+        typer.echo(json.dumps({"dataset": dataset.value, "images": len(x_test), "accuracy": accuracy, "loss": loss,
+                               "class_accuracy": dict(zip(names, per_class.tolist()))}, indent=2))
+        return
     out.print(f"{dataset.value} test set, {len(x_test):,} images: accuracy [bold]{accuracy:.2%}[/], loss {loss:.4f}")
+    table = Table("class", "images", "accuracy")
+    for name, count, share in zip(names, np.bincount(y_test, minlength=len(names)), per_class):
+        table.add_row(name, f"{count:,}", f"{share:.2%}")
+    out.print(table)
 
 
 @app.command()
@@ -229,6 +365,7 @@ def predict(
     dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help="Default: the one it was trained on."),
     data_dir: Optional[Path] = DATA_DIR,
     device: DeviceName = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts: every class's probability."),
 ):
     """Classify test-set images by number, or image files, with the class probabilities."""
     from . import checkpoint
@@ -244,12 +381,16 @@ def predict(
     if indexes:
         x_test, y_test = _load_split(dataset, "test", data_dir)
         for i in indexes:
-            if not 0 <= i < len(x_test):
-                raise NumbacnnError(f"Image number {i} is outside the test set; use 0 to {len(x_test) - 1}.")
+            _check_index(i, len(x_test))
             rows.append((f"test #{i}", names[y_test[i]], x_test[i]))
     for path in image or []:
         rows.append((str(path), "", prepare_images(read_image(path)[None])[0]))
     probabilities = net.predict(np.stack([r[2] for r in rows]))
+    if as_json:
+        typer.echo(json.dumps([{"image": what, "true": truth or None, "predicted": names[int(p.argmax())],
+                                "probabilities": dict(zip(names, p.tolist()))}
+                               for (what, truth, _), p in zip(rows, probabilities)], indent=2))
+        return
     table = Table("image", "true", "predicted", "confidence", "runner-up")
     for (what, truth, _), p in zip(rows, probabilities):
         best, second = np.argsort(p)[::-1][:2]
@@ -260,7 +401,7 @@ def predict(
 @app.command()
 @user_errors
 def summary(
-    model: str = MODEL,
+    model: Optional[str] = MODEL,
     layers: Optional[str] = LAYERS,
     checkpoint_path: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Summarise a saved network instead."),
 ):
@@ -269,7 +410,8 @@ def summary(
     from .model import Sequential
 
     if checkpoint_path:
-        net, _ = checkpoint.load(checkpoint_path)
+        net, meta = checkpoint.load(checkpoint_path)
+        out.print(escape(_training_record(checkpoint_path, meta)))
     else:
         net = Sequential(_spec(model, layers)).build()
     rows = net.summary()
@@ -288,6 +430,18 @@ def summary(
     out.print(table)
     out.print(f"Total parameters: {weights + biases + non_trainable:,}; trainable: {weights + biases:,} (weights "
               f"and biases); non-trainable: {non_trainable:,} (state such as running statistics, never trained).")
+
+
+def _training_record(path: Path, meta: dict) -> str:
+    """One line on how a checkpoint was trained and how well it scores, from what training saved in it."""
+    said = [f"{path}: trained on {meta.get('dataset', 'an unknown data set')}"]
+    if isinstance(meta.get("epochs"), int):
+        run = meta.get("epochs_run")
+        said.append(f"epoch {meta['epochs']} of {run}" if isinstance(run, int) else _count(meta["epochs"], "epoch"))
+    for key, label in (("val_accuracy", "validation accuracy"), ("test_accuracy", "test accuracy")):
+        if isinstance(meta.get(key), (int, float)):
+            said.append(f"{label} {meta[key]:.2%}")
+    return ", ".join(said) + "."
 
 
 @app.command("models")
@@ -339,7 +493,7 @@ def _signature(entry) -> str:
 @app.command()
 @user_errors
 def bench(
-    model: str = MODEL,
+    model: Optional[str] = MODEL,
     layers: Optional[str] = LAYERS,
     batch_size: int = typer.Option(128, "--batch-size", "-b", min=1, help="Images per step."),
     steps: int = typer.Option(20, "--steps", min=1, help="Timed steps per measurement (after warm-up)."),
@@ -361,6 +515,156 @@ def bench(
         from .bench import print_report
 
         print_report(report, out)
+
+
+@app.command("export")
+@user_errors
+def export_onnx(
+    checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="A file written by `numbacnn train`."),
+    output: Path = typer.Argument(..., metavar="FILE.onnx", help="The ONNX file to write."),
+):
+    """Write a saved network as an ONNX model (needs numbacnn[onnx]): input "images" (N, 28, 28, 1) float32
+    in [0, 1], output "probabilities" (N, 10), for onnxruntime and other ONNX runtimes."""
+    from . import checkpoint
+    from .export import save_onnx
+
+    _check_output(output, ".onnx")
+    net, _ = checkpoint.load(checkpoint_path)
+    save_onnx(net, output)
+    out.print(f"Saved {output}: input \"images\" (N, {', '.join(map(str, net.input_shape))}) float32 in [0, 1], "
+              f"output \"probabilities\" (N, {net.output_shape[0]}).")
+
+
+def _check_output(path: Path, suffix: str) -> None:
+    """A one-sentence error for an output file that cannot be written where the user asked."""
+    if path.suffix.lower() != suffix:
+        raise NumbacnnError(f"The output {path} should end in {suffix}, e.g. model{suffix}.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise NumbacnnError(f"The folder {folder} does not exist; create it or choose another output file.")
+
+
+CHECKPOINT = typer.Argument(..., metavar="CHECKPOINT", help="A file written by `numbacnn train`.")
+
+
+def _png(default: str):
+    return typer.Option(Path(default), "--output", "-o", help="The PNG file to write.")
+
+
+def _save_picture(figure, output: Path, what: str) -> None:
+    from .show import panels, save_png
+
+    save_png(figure, output)
+    out.print(f"Saved {what} to {output} ({_count(len(panels(figure)), 'panel')}).")
+
+
+@show_app.command("filters")
+@user_errors
+def show_filters(checkpoint_path: Path = CHECKPOINT, output: Path = _png("filters.png")):
+    """Every convolution's filters: the first layer's as small pictures, deeper ones one row per filter."""
+    from . import checkpoint
+    from .show import filters_figure
+
+    _check_output(output, ".png")
+    net, _ = checkpoint.load(checkpoint_path)
+    _save_picture(filters_figure(net), output, "the filters")
+
+
+@show_app.command("features")
+@user_errors
+def show_features(
+    checkpoint_path: Path = CHECKPOINT,
+    index: int = typer.Option(0, "--index", "-n", help="The test-set image number (0-9999)."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="A PNG or PGM file of a digit instead."),
+    output: Path = _png("features.png"),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help="Default: the one it was trained on."),
+    data_dir: Optional[Path] = DATA_DIR,
+):
+    """The feature maps of one image after each convolution, ReLU and pooling layer, with their shapes."""
+    from . import checkpoint
+    from .data import class_names, read_image
+    from .show import features_figure
+    from .train import prepare_images
+
+    _check_output(output, ".png")
+    net, meta = checkpoint.load(checkpoint_path)
+    dataset = dataset or Dataset(meta.get("dataset", "mnist"))
+    names = class_names(dataset.value)
+    if image is not None:
+        x, what = prepare_images(read_image(image)[None])[0], f"{image.name}:"
+    else:
+        x_test, y_test = _load_split(dataset, "test", data_dir)
+        _check_index(index, len(x_test))
+        x, what = x_test[index], f"test image #{index} (a {names[y_test[index]]}):"
+    p = net.predict(x[None])[0]
+    title = f"Feature maps of {what} the network says {names[p.argmax()]} ({p.max():.1%})"
+    _save_picture(features_figure(net, x, title), output, "the feature maps")
+
+
+def _check_index(index: int, count: int) -> None:
+    if not 0 <= index < count:
+        raise NumbacnnError(f"Image number {index} is outside the test set; use 0 to {count - 1}.")
+
+
+@show_app.command("history")
+@user_errors
+def show_history(checkpoint_path: Path = CHECKPOINT, output: Path = _png("history.png")):
+    """Loss and accuracy per epoch, training and validation, as training saved them."""
+    from . import checkpoint
+    from .show import history_figure
+
+    _check_output(output, ".png")
+    _, meta = checkpoint.load(checkpoint_path)
+    _save_picture(history_figure(meta.get("history") or []), output, "the training curves")
+
+
+def _test_predictions(checkpoint_path: Path, dataset: Optional[Dataset], data_dir: Optional[Path]):
+    """(test images, labels, probabilities, class names, data set) of a saved network."""
+    from . import checkpoint
+    from .data import class_names
+
+    net, meta = checkpoint.load(checkpoint_path)
+    dataset = dataset or Dataset(meta.get("dataset", "mnist"))
+    x_test, y_test = _load_split(dataset, "test", data_dir)
+    return x_test, y_test, net.predict(x_test), list(class_names(dataset.value)), dataset.value
+
+
+@show_app.command("confusion")
+@user_errors
+def show_confusion(
+    checkpoint_path: Path = CHECKPOINT,
+    output: Path = _png("confusion.png"),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help="Default: the one it was trained on."),
+    data_dir: Optional[Path] = DATA_DIR,
+):
+    """The confusion matrix on the test set: how often each class is taken for each other class."""
+    from .show import confusion_figure
+
+    _check_output(output, ".png")
+    _, labels, probabilities, names, name = _test_predictions(checkpoint_path, dataset, data_dir)
+    predicted = probabilities.argmax(axis=1)
+    title = (f"{name} test set, {len(labels):,} images: {(predicted == labels).mean():.2%} right, "
+             f"{int((predicted != labels).sum()):,} wrong")
+    _save_picture(confusion_figure(labels, predicted, names, title), output, "the confusion matrix")
+
+
+@show_app.command("errors")
+@user_errors
+def show_errors(
+    checkpoint_path: Path = CHECKPOINT,
+    output: Path = _png("errors.png"),
+    count: int = typer.Option(24, "--count", min=1, max=200, help="How many mistakes to show."),
+    dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help="Default: the one it was trained on."),
+    data_dir: Optional[Path] = DATA_DIR,
+):
+    """The test images the network gets wrong with the most confidence, with true and predicted labels."""
+    from .show import errors_figure
+
+    _check_output(output, ".png")
+    images, labels, probabilities, names, name = _test_predictions(checkpoint_path, dataset, data_dir)
+    wrong = int((probabilities.argmax(axis=1) != labels).sum())
+    title = f"The most confident of {wrong:,} mistakes on {len(labels):,} {name} test images"
+    _save_picture(errors_figure(images, labels, probabilities, names, count, title), output, "the mistakes")
 
 
 @data_app.command("fetch")
@@ -390,6 +694,22 @@ def data_where(data_dir: Optional[Path] = DATA_DIR):
     import numba
 
     out.print(f"Compiled kernels are cached in {numba.config.CACHE_DIR} (NUMBA_CACHE_DIR moves it; safe to delete).")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"numbacnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+):
+    """Small convolutional networks with Numba kernels: train and use MNIST classifiers, add layers as plug-ins."""
 
 
 def main() -> None:  # pragma: no cover - the console script

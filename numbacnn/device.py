@@ -41,6 +41,23 @@ class Device:
     def synchronize(self) -> None:
         pass
 
+    def free_memory(self) -> int | None:
+        """Bytes that can still be allocated here (the memory the system reports available), or None
+        when it cannot tell."""
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            import os
+
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
 
 class CudaDevice(Device):
     """An NVIDIA GPU through numba-cuda: arrays are device arrays and kernels run asynchronously.
@@ -87,6 +104,13 @@ class CudaDevice(Device):
 
     def synchronize(self) -> None:
         self.cuda.synchronize()
+
+    def free_memory(self) -> int | None:
+        try:
+            free, _ = self.cuda.current_context().get_memory_info()
+            return int(free)
+        except Exception:  # the simulator has no memory to report
+            return None
 
     @staticmethod
     def on_device(array) -> bool:

@@ -30,3 +30,15 @@ class DeviceError(NumbacnnError):
 
 class CheckpointError(NumbacnnError):
     """A checkpoint file is missing, corrupt or needs a layer that is not installed."""
+
+
+class ExportError(NumbacnnError):
+    """A model cannot be exported (a layer without an export, or the onnx package missing)."""
+
+
+class OutputError(NumbacnnError):
+    """An output path cannot be written, or another run is writing it."""
+
+
+class TrainingDiverged(NumbacnnError):
+    """The loss or a weight stopped being a finite number while training."""

@@ -16,6 +16,10 @@ What a layer holds, and who may change it:
                 ``training=False`` and ``backward`` read them only. Optimisers never see them; checkpoints save
                 and load them; ``summary`` counts them as non-trainable.
 ``forward`` and ``backward`` never write into the arrays they are given (a model keeps them).
+
+Random numbers (dropout's) come only from ``np.random.Generator`` objects held as attributes of the layer,
+spawned from the ``rng`` that ``build`` gets: ``Sequential.get_random_state`` saves them, so a run stopped with
+Ctrl-C resumes bit for bit. NaN in the input stays NaN in the output, so that a diverged run shows in its loss.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class Layer:
     hyperparameter in an attribute of the same name as its ``__init__`` argument (so ``get_config`` works
     unchanged), and implement ``output_shape``, ``forward`` and ``backward``; layers with parameters also
     implement ``init_params``.
+
+    Optional: ``to_onnx(self, builder, x) -> str`` adds the layer to an ONNX graph for ``numbacnn export``
+    (``builder`` is a ``numbacnn.export.OnnxBuilder``; ``x`` and the result name tensors, images in NCHW).
+    The built-in layers' exports live in ``numbacnn.export``; see docs/plugins.md, "Exporting to ONNX".
     """
 
     name: ClassVar[str] = ""

@@ -13,6 +13,9 @@ from .layer import Layer, Shape
 from .spec import layers_text, make_layer, parse
 
 MNIST_SHAPE = (28, 28, 1)
+# Memory a training step keeps per output value: the output, its gradient, and as much again for scratch
+# arrays (a convolution's unfolded input). An estimate, used only to refuse what cannot possibly fit.
+ACTIVATION_COPIES = 3
 
 
 @dataclass
@@ -49,11 +52,28 @@ class Sequential:
         self.device = get_device("cpu")
         self.dtype = np.dtype(np.float32)
 
-    def build(self, *, seed: int = 0, dtype=np.float32, device="cpu") -> Sequential:
-        """Make every layer's parameters; ``ShapeError`` naming the first layer that does not fit."""
+    def build(self, *, seed: int = 0, dtype=np.float32, device="cpu", batch_size: int | None = None) -> Sequential:
+        """Make every layer's parameters; ``ShapeError`` naming the first layer that does not fit. With
+        ``batch_size``, also a ``ShapeError`` as soon as a layer's outputs for such a batch would not fit in
+        memory, before the layers after it allocate anything."""
         self.device, self.dtype = get_device(device), np.dtype(dtype)
         rng = np.random.default_rng(seed)
-        build_chain(self.layers, self.input_shape, rng=rng, dtype=self.dtype, device=self.device)
+        free = self.device.free_memory() if batch_size else None
+        outputs = []
+
+        def fits_in_memory(i: int, layer: Layer) -> None:
+            outputs.append(int(np.prod(layer.out_shape)))
+            need = ACTIVATION_COPIES * batch_size * self.dtype.itemsize * sum(outputs)
+            if need > free:
+                raise ShapeError(
+                    f"its {'x'.join(map(str, layer.out_shape))} outputs an image need "
+                    f"{format_bytes(ACTIVATION_COPIES * batch_size * self.dtype.itemsize * outputs[-1])} for a batch of "
+                    f"{batch_size:,}, more than the {format_bytes(free)} free with the layers before it; use a smaller "
+                    f"--batch-size or a smaller layer"
+                )
+
+        build_chain(self.layers, self.input_shape, rng=rng, dtype=self.dtype, device=self.device,
+                    after_each=fits_in_memory if free else None)
         for i, layer in enumerate(self.layers):
             # The first layer's input gradient is never used: skipping it saves its largest kernel.
             layer.needs_input_grad = i > 0
@@ -133,6 +153,48 @@ class Sequential:
         """Loads state saved by ``get_state``; ``ShapeError`` when it does not fit."""
         self._load("state", states, "state")
 
+    def get_random_state(self) -> dict[str, dict]:
+        """The state of every random generator a layer keeps (dropout's, say), keyed "<layer>.<attribute>"
+        (a block's children "<layer>.<child>.<attribute>"): with the weights, what makes a resumed run draw
+        the same random numbers as the run that never stopped. JSON-serialisable."""
+        return {key: rng.bit_generator.state for key, rng in _generators(self.layers)}
+
+    def set_random_state(self, states: dict[str, dict]) -> None:
+        """Restores what ``get_random_state`` gave; ``ShapeError`` when the model has other generators."""
+        generators = dict(_generators(self.layers))
+        if set(states) != set(generators):
+            raise ShapeError(f"Random states for {sorted(states)}, but this model draws from {sorted(generators)}.")
+        for key, rng in generators.items():
+            rng.bit_generator.state = states[key]
+
+    def weights_are_finite(self) -> bool:
+        """False as soon as one parameter is NaN or infinite (a diverged run)."""
+        return all(np.isfinite(self.device.to_host(p)).all() for p, _ in self.parameters())
+
+    def check_memory(self, batch_size: int, optimizer_slots: int = 2) -> None:
+        """A ``ShapeError`` naming the largest layer when training at ``batch_size`` would need more memory
+        than the device has free. Counted: each layer's output and input gradient for the whole batch (and
+        as much again for the scratch arrays that convolutions keep), the gradients and the optimiser's
+        moments; the parameters themselves are already allocated."""
+        free = self.device.free_memory()
+        if free is None:
+            return
+        itemsize = self.dtype.itemsize
+        rows = self.summary()
+        per_image = {r.index: int(np.prod(r.out_shape)) for r in rows}
+        activations = ACTIVATION_COPIES * batch_size * itemsize * sum(per_image.values())
+        trainable = (1 + optimizer_slots) * itemsize * self.trainable_count()
+        if activations + trainable <= free:
+            return
+        largest = max(rows, key=lambda r: per_image[r.index])
+        shape = "x".join(str(d) for d in largest.out_shape)
+        raise ShapeError(
+            f"Training at batch {batch_size:,} needs about {format_bytes(activations + trainable)} of memory, more than the "
+            f"{format_bytes(free)} free on {self.device.name}; the largest is layer {largest.index} {largest.layer}, with "
+            f"{shape} outputs an image ({format_bytes(ACTIVATION_COPIES * batch_size * itemsize * per_image[largest.index])} a batch). "
+            f"Use a smaller --batch-size or a smaller layer."
+        )
+
     def _host_copies(self, attribute: str) -> list[dict[str, np.ndarray]]:
         """Each layer's ``params`` or ``state`` arrays, copied to host memory."""
         return [{k: self.device.to_host(v).copy() for k, v in getattr(layer, attribute).items()}
@@ -150,6 +212,29 @@ class Sequential:
                 if tuple(v.shape) != tuple(arrays[k].shape):
                     raise ShapeError(f"{layer.name}.{k}: shape {v.shape}, expected {tuple(arrays[k].shape)}.")
                 arrays[k] = self.device.to_device(np.asarray(v, dtype=self.dtype))
+
+
+def format_bytes(nbytes: float) -> str:
+    """Bytes in a reader's unit: 512 B, 3.4 MB, 5.7 GB, 6.3 TB."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+
+
+def _generators(layers: list[Layer]):
+    """(key, generator) for each NumPy random generator the layers keep as an attribute, blocks included."""
+    for i, layer in enumerate(layers):
+        yield from _generators_of(layer, str(i))
+
+
+def _generators_of(layer: Layer, path: str):
+    for attribute, value in sorted(vars(layer).items()):
+        if isinstance(value, np.random.Generator):
+            yield f"{path}.{attribute}", value
+    if isinstance(layer, Block):
+        for key, child in layer.named_children():
+            yield from _generators_of(child, f"{path}.{key}")
 
 
 def _rows(index: str, layer: Layer, depth: int) -> list[SummaryRow]:

@@ -1,15 +1,25 @@
-"""The training loop: epochs of shuffled mini-batches, metrics, evaluation, and callbacks for progress."""
+"""The training loop: epochs of shuffled mini-batches, validation, the best epoch, divergence, interruption.
+
+A run's position lives in a ``RunState`` (epoch, batches done, running sums, history, best epoch), so a run
+that stopped can be continued: ``fit(..., run=state)`` with the model and optimiser it had then gives the
+same weights, bit for bit, as the run that never stopped. Everything random depends on the seed and the
+position alone: the batch order of an epoch on (seed, epoch), augmentation on (seed, step), and dropout on
+the layers' own random generators, which ``Sequential.get_random_state`` saves.
+"""
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, TrainingDiverged
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import Optimizer
@@ -29,15 +39,56 @@ class BatchStats:
 
 @dataclass
 class EpochResult:
-    """One finished epoch: mean training loss and accuracy, speed, and the test figures when asked for."""
+    """One finished epoch: mean training loss and accuracy, speed, and the validation figures when there
+    is a validation set. ``best`` says whether it is the best epoch so far (by validation accuracy; without
+    validation every epoch is taken as the best so far, since nothing else can judge it)."""
 
     epoch: int
     loss: float
     accuracy: float
     images_per_s: float
     seconds: float
-    test_loss: float | None = None
-    test_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    lr: float | None = None
+    best: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metrics saved with a checkpoint and in its ``.metrics.jsonl`` (one line per epoch)."""
+        return {"epoch": self.epoch, "loss": self.loss, "accuracy": self.accuracy, "val_loss": self.val_loss,
+                "val_accuracy": self.val_accuracy, "test_loss": None, "test_accuracy": None, "lr": self.lr,
+                "seconds": self.seconds, "images_per_s": self.images_per_s}
+
+
+@dataclass
+class RunState:
+    """Where a run stands: the epoch in progress (1-based), the batches of it already done and their running
+    sums, the finished epochs, and the best of them. JSON-serialisable through ``as_dict``."""
+
+    epoch: int = 1
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_accuracy: float | None = None
+    finished: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> RunState:
+        return cls(**{k: v for k, v in state.items() if k in cls.__dataclass_fields__})
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``fit`` between two steps; ``run`` says where, and the model and optimiser are as they
+    were after that step, so saving them with ``run`` gives a state to resume from."""
+
+    def __init__(self, run: RunState):
+        super().__init__(f"interrupted in epoch {run.epoch} after {run.batches_done} batches")
+        self.run = run
 
 
 def prepare_images(images: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -46,6 +97,12 @@ def prepare_images(images: np.ndarray, dtype=np.float32) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     return (x.astype(dtype) / dtype(255)).astype(dtype)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffled order of the ``n`` training images in ``epoch``: a function of the seed and the epoch
+    only, so a resumed run, or any process of a parallel one, draws the same order."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
 
 
 def fit(
@@ -57,66 +114,152 @@ def fit(
     epochs: int,
     batch_size: int,
     seed: int = 0,
-    test: tuple[np.ndarray, np.ndarray] | None = None,
-    schedule: str = "constant",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    schedule: str = "cosine",
     stop_at: float | None = None,
     augment=None,
+    run: RunState | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
+    on_validate: Callable[[int], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> list[EpochResult]:
-    """Trains ``model`` (built) on prepared ``images`` and integer ``labels``.
+    """Trains ``model`` (built) on prepared ``images`` and integer ``labels``; returns the epochs it ran.
 
-    The batch order comes from ``seed`` alone, so the same seed gives the same run. The data is copied to
-    the model's device once; per batch only the loss and the count of right answers come back.
-    ``schedule`` is "constant" (the optimiser's learning rate throughout) or "cosine" (from it down to zero
-    along half a cosine over the whole run, which reaches a given accuracy in fewer epochs).
-    ``stop_at``: end the run after the first epoch whose test accuracy reaches it (needs ``test``).
+    The data is copied to the model's device once; per batch only the loss and the count of right answers
+    come back. ``schedule`` is "cosine" (from the optimiser's learning rate down to zero along half a cosine
+    over the whole run, as ``numbacnn train`` does) or "constant".
+    ``validation``: prepared (images, labels) scored after every epoch; the best epoch and ``stop_at`` (end
+    the run after the first epoch whose validation accuracy reaches it) go by it.
     ``augment``: a ``numbacnn.augment.Augment`` that changes each training batch at random (seeded by ``seed``
-    and the step, so the same seed gives the same run); None or an inactive one trains on the images as they are.
-    ``on_epoch`` runs after each epoch (a good place to save a checkpoint).
+    and the step); None or an inactive one trains on the images as they are.
+    ``run``: a ``RunState`` to continue (the model and optimiser must be as they were when it was taken),
+    or to fill in; ``fit`` keeps it up to date after every step.
+    ``on_validate(n)`` runs before the validation of an epoch, ``on_epoch`` after it (a good place to save).
+
+    Raises ``TrainingDiverged`` when the loss becomes NaN or infinite (the model is then not worth saving),
+    and ``TrainingInterrupted`` on Ctrl-C, after the step that was running has finished.
     """
+    n = len(images)
+    if n == 0:
+        raise SpecError("There are no training images; check --limit and --validation.")
+    check_classifier(model, int(np.max(labels)) + 1, exactly=False)
+    if stop_at is not None and validation is None:
+        raise SpecError("Stopping at an accuracy needs a validation set to judge it; keep --validation above 0.")
+    batch_size = min(batch_size, n)
+    model.check_memory(batch_size, optimizer.slots)
     device = model.device
     x_all, y_all = device.to_device(images.astype(model.dtype, copy=False)), labels
     loss_fn = SoftmaxCrossEntropy(device)
-    order_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    n = len(images)
     batches = -(-n // batch_size)
-    lr_at = learning_rate_schedule(schedule, optimizer.lr, epochs * batches)
+    lr_at = learning_rate_schedule(schedule, optimizer.base_lr, epochs * batches)
+    run = run if run is not None else RunState()
+    # Guessing evenly among K classes costs ln K; a thousand times that only comes from weights that blew up.
+    diverged_loss = 1000 * math.log(max(model.output_shape[0], 2))
     results = []
-    for epoch in range(1, epochs + 1):
-        order = order_rng.permutation(n)
-        total_loss, correct, start = 0.0, 0, time.perf_counter()
-        for b in range(batches):
-            step = (epoch - 1) * batches + b
-            optimizer.lr = lr_at(step)
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            x = device.take(x_all, idx)
-            if augment is not None:
-                x = augment.apply(x, seed, step, device)
-            logits = model.forward(x, training=True)
-            loss, dlogits, right = loss_fn(logits, y_all[idx])
-            model.backward(dlogits)
-            optimizer.step(model)
-            total_loss += loss * len(idx)
-            correct += right
-            seen = min(n, (b + 1) * batch_size)
-            if on_batch:
-                elapsed = time.perf_counter() - start
-                on_batch(BatchStats(epoch, b + 1, batches, total_loss / seen, correct / seen, seen / max(elapsed, 1e-9)))
-        device.synchronize()
-        seconds = time.perf_counter() - start
-        result = EpochResult(epoch, total_loss / n, correct / n, n / seconds, seconds)
-        if test is not None:
-            result.test_loss, result.test_accuracy = evaluate(model, *test)
-        results.append(result)
-        if on_epoch:
-            on_epoch(result)
-        if stop_at is not None and result.test_accuracy is not None and result.test_accuracy >= stop_at:
-            break
+    # Overflow warnings (from worker threads too, which np.errstate does not reach) would only repeat what
+    # the divergence check says in one sentence.
+    with _stop_on_ctrl_c() as stop_requested, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        while run.epoch <= epochs and not run.finished:
+            epoch, order = run.epoch, epoch_order(seed, run.epoch, n)
+            start, first = time.perf_counter(), run.batches_done
+            for b in range(first, batches):
+                if stop_requested():
+                    raise TrainingInterrupted(run)
+                step = (epoch - 1) * batches + b
+                optimizer.lr = lr_at(step)
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                x = device.take(x_all, idx)
+                if augment is not None:
+                    x = augment.apply(x, seed, step, device)
+                logits = model.forward(x, training=True)
+                loss, dlogits, right = loss_fn(logits, y_all[idx])
+                if not loss <= diverged_loss:  # NaN fails every comparison
+                    raise TrainingDiverged(_diverged(f"the loss became {loss:.4g}", epoch, b + 1, optimizer))
+                model.backward(dlogits)
+                optimizer.step(model)
+                run.loss_sum += loss * len(idx)
+                run.correct += right
+                run.batches_done = b + 1
+                if on_batch:
+                    seen = min(n, run.batches_done * batch_size)
+                    speed = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)
+                    on_batch(BatchStats(epoch, b + 1, batches, run.loss_sum / seen, run.correct / seen, speed))
+            device.synchronize()
+            seconds = time.perf_counter() - start
+            if not model.weights_are_finite():
+                raise TrainingDiverged(_diverged("a weight became NaN or infinite", epoch, batches, optimizer))
+            result = EpochResult(epoch, run.loss_sum / n, run.correct / n, n / max(seconds, 1e-9), seconds,
+                                 lr=optimizer.lr)
+            if validation is not None:
+                if on_validate:
+                    on_validate(len(validation[0]))
+                result.val_loss, result.val_accuracy = evaluate(model, *validation)
+            _judge(run, result)
+            run.epoch, run.batches_done, run.loss_sum, run.correct = epoch + 1, 0, 0.0, 0
+            run.history.append(result.as_dict())
+            run.finished = run.epoch > epochs or (stop_at is not None and result.val_accuracy >= stop_at)
+            results.append(result)
+            if on_epoch:
+                on_epoch(result)
     return results
 
 
-SCHEDULES = ("constant", "cosine")
+def _judge(run: RunState, result: EpochResult) -> None:
+    """Marks ``result`` as the best epoch so far when its validation accuracy beats the best (ties keep the
+    earlier one); without validation, the newest epoch is the best there is."""
+    score = result.val_accuracy
+    if score is None or run.best_accuracy is None or score > run.best_accuracy:
+        result.best = True
+        run.best_epoch, run.best_accuracy = result.epoch, score
+
+
+def _diverged(what: str, epoch: int, batch: int, optimizer: Optimizer) -> str:
+    also = ", or the adam optimiser" if optimizer.name != "adam" else ""
+    return (f"Training diverged in epoch {epoch} at batch {batch}: {what}. Nothing of this epoch was saved; "
+            f"try a learning rate below {optimizer.base_lr:g}{also}.")
+
+
+def check_classifier(model: Sequential, classes: int, *, exactly: bool = True) -> None:
+    """A classifier must end in one score per class: a ``SpecError`` saying so when the model does not (with
+    ``exactly`` False, more scores than ``classes`` are allowed, for labels that leave some classes out)."""
+    shape = model.output_shape
+    if len(shape) != 1 or shape[0] < classes or (exactly and shape[0] != classes):
+        raise SpecError(
+            f"The network must end in one score per class, shape ({classes},), but it ends in shape {shape}; "
+            f"end the layers with flatten dense({classes})."
+        )
+
+
+class _CtrlC:
+    """While active, the first Ctrl-C only asks the loop to stop after its step; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+class _stop_on_ctrl_c:
+    def __enter__(self) -> _CtrlC:
+        self.flag = _CtrlC()
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = signal.signal(signal.SIGINT, self.flag.handle)
+        return self.flag
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+SCHEDULES = ("cosine", "constant")
 
 
 def learning_rate_schedule(name: str, base_lr: float, total_steps: int) -> Callable[[int], float]:
@@ -139,3 +282,14 @@ def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_si
         correct += right
     n = max(len(images), 1)
     return total_loss / n, correct / n
+
+
+def split_validation(images: np.ndarray, labels: np.ndarray, count: int, limit: int | None = None):
+    """((train images, labels), (validation images, labels)): the last ``count`` images are held out for
+    validation (as Keras's validation_split does), and training takes the first ``limit`` of the rest."""
+    if count < 0 or count >= len(images):
+        raise SpecError(f"A validation set of {count:,} images leaves none of the {len(images):,} to train on; "
+                        f"use from 0 to {len(images) - 1:,}.")
+    keep = len(images) - count
+    train = slice(0, min(keep, limit) if limit else keep)
+    return (images[train], labels[train]), (images[keep:], labels[keep:])

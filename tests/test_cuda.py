@@ -159,6 +159,7 @@ def test_relu_matches_cpu(size, dtype, seed):
     rng = np.random.default_rng(seed)
     x, dy = normal(rng, size, dtype), normal(rng, size, dtype)
     x[: size // 4] = 0  # exact zeros stay zero and pass no gradient
+    x[size // 4: size // 3] = np.nan  # NaN passes through, as a diverging run must show it
     y = np.empty_like(x)
     relu_cpu.relu_forward(x, y)
     dx = np.empty_like(x)
@@ -193,6 +194,8 @@ def test_maxpool2d_matches_cpu(case, seed):
     rng = np.random.default_rng(seed)
     x = normal(rng, x_shape, dtype)
     x[..., 0] = np.round(x[..., 0])  # ties: the first maximum must win on both devices
+    if seed % 2:  # a NaN wins its window on both devices, as in PyTorch
+        x.flat[rng.integers(0, x.size, max(1, x.size // 8))] = np.nan
     out_shape = pool_out_shape(x_shape, size, stride)
     dy = normal(rng, out_shape, dtype)
     window = (*size, *stride)

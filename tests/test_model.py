@@ -329,9 +329,10 @@ def test_fit_lowers_the_loss_on_a_learnable_problem():
     images = rng.normal(0, 0.3, (128, 6, 6, 1)).astype(np.float32)
     images[labels == 1, :3] += 2.0  # class 1 is bright at the top
     model = Sequential("conv2d(2,3) relu flatten dense(2)", input_shape=(6, 6, 1)).build(seed=0)
-    results = fit(model, Adam(lr=0.01), images, labels, epochs=6, batch_size=32, test=(images, labels))
+    results = fit(model, Adam(lr=0.01), images, labels, epochs=6, batch_size=32, validation=(images, labels),
+                  schedule="constant")
     assert results[-1].loss < results[0].loss
-    assert results[-1].test_accuracy > 0.9
+    assert results[-1].val_accuracy > 0.9
 
 
 def test_relu_before_max_pooling_runs_after_it_with_exactly_the_same_results(monkeypatch):

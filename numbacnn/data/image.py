@@ -22,6 +22,7 @@ The steps after decoding are:
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -33,6 +34,11 @@ from numbacnn.errors import DataError
 TARGET_SIZE = 28
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SUPPORTED_HINT = "save it as a PNG or PGM image"
+_SMALLER_HINT = "scale it down (a digit needs no more than a few hundred pixels a side) and try again"
+# Bounds checked before decoding, so that a small file cannot claim a huge image (a 30000x30000 PNG of one
+# colour compresses to under 1 MB) and take the machine's memory.
+MAX_FILE_BYTES = 20 * 10**6
+MAX_PIXELS = 4096 * 4096
 
 # Colour type -> (samples per pixel, allowed bit depths), from the PNG specification.
 _PNG_COLOUR_TYPES = {
@@ -113,9 +119,17 @@ def _border_is_bright(grey: np.ndarray) -> bool:
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
-    """Return the content of ``path``, turning a read failure into a DataError."""
+    """Return the content of ``path``, a regular file of at most ``MAX_FILE_BYTES``, turning a read failure
+    into a DataError."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):  # /dev/zero, a pipe or a folder would read forever or fail oddly
+                raise DataError(f"{path} is not a regular file; give the path of a PNG or PGM image.")
+            if info.st_size > MAX_FILE_BYTES:
+                raise DataError(f"{path} is {info.st_size / 1e6:.0f} MB, more than the {MAX_FILE_BYTES // 10**6} MB "
+                                f"an image may have; {_SMALLER_HINT}.")
+            return f.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         reason = error.strerror or str(error)
         raise DataError(
@@ -137,6 +151,7 @@ def _decode_pgm(data: bytes, label: str) -> np.ndarray:
             f"{label} has an invalid PGM header (size {width}x{height}, maxval {maxval}); "
             f"{_SUPPORTED_HINT} again."
         )
+    _check_pixels(width, height, label)
     count = width * height
     if binary:
         # Exactly one whitespace byte separates maxval from binary data; the first sample may itself look like a space.
@@ -210,19 +225,29 @@ def _decode_png(data: bytes, label: str) -> np.ndarray:
     chunks = _png_chunks(data, label)
     header = _png_header(chunks, label)
     width, height, bit_depth, colour_type = header
+    _check_pixels(width, height, label)
     compressed = b"".join(body for kind, body in chunks if kind == b"IDAT")
     if not compressed:
         raise DataError(f"{label} has no image data (IDAT chunk); {_SUPPORTED_HINT} again.")
+    channels = _PNG_COLOUR_TYPES[colour_type][0]
+    expected = height * ((width * channels * bit_depth + 7) // 8 + 1)
     try:
-        filtered = zlib.decompress(compressed)
+        # Never more than the header promises (plus one byte to notice a longer stream): no zip bomb.
+        inflater = zlib.decompressobj()
+        filtered = inflater.decompress(compressed, expected + 1)
     except zlib.error as error:
         raise DataError(f"{label} has corrupt compressed image data ({error}); {_SUPPORTED_HINT} again.") from None
-    channels = _PNG_COLOUR_TYPES[colour_type][0]
     raw = _unfilter(filtered, width, height, channels * bit_depth, label)
     samples = _unpack_samples(raw, width, height, channels, bit_depth)
     if colour_type == 3:
         return _palette_to_grey(samples[..., 0], chunks, bit_depth, label)
     return _samples_to_grey(samples, colour_type, bit_depth, _png_chunk(chunks, b"tRNS"))
+
+
+def _check_pixels(width: int, height: int, label: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{label} is {width}x{height} pixels, more than the {MAX_PIXELS:,} an image may have; "
+                        f"{_SMALLER_HINT}.")
 
 
 def _png_chunks(data: bytes, label: str) -> list[tuple[bytes, bytes]]:

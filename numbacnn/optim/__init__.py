@@ -5,19 +5,24 @@ from __future__ import annotations
 import importlib
 import math
 
+import numpy as np
+
 from ..device import get_device
-from ..errors import SpecError
+from ..errors import ShapeError, SpecError
 
 
 class Optimizer:
     """Updates every (param, grad) pair of a model in place; keeps its state next to the parameters."""
 
     name = ""
+    slots = 0  # moment arrays kept per parameter array
+    hyperparameters: tuple[str, ...] = ()
 
     def __init__(self, lr: float):
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise SpecError(f"The learning rate must be a positive number, got {lr!r}.")
-        self.lr = float(lr)
+        # ``lr`` is the rate of the next step, which a schedule changes; ``base_lr`` the one it starts from.
+        self.lr = self.base_lr = float(lr)
         self.steps = 0
         self._state: dict[int, tuple] = {}
 
@@ -31,11 +36,35 @@ class Optimizer:
             self.update(kernels, param.reshape(-1), grad.reshape(-1), [s.reshape(-1) for s in self._state[key]])
 
 
+    def get_config(self) -> dict:
+        """The name, base learning rate and hyperparameters: ``make_optimizer(**config)`` makes it again."""
+        return {"name": self.name, "lr": self.base_lr, **{k: getattr(self, k) for k in self.hyperparameters}}
+
+    def get_state(self, model) -> tuple[int, dict[str, np.ndarray]]:
+        """(steps taken, the moment arrays copied to the host, keyed "<parameter number>.<slot>"): with the
+        model's weights, what a run needs to go on exactly where it stopped."""
+        arrays = {f"{key}.{i}": model.device.to_host(a).copy() for key, slots in self._state.items()
+                  for i, a in enumerate(slots)}
+        return self.steps, arrays
+
+    def set_state(self, model, steps: int, arrays: dict[str, np.ndarray]) -> None:
+        """Loads what ``get_state`` gave, for the same model; ``ShapeError`` when it does not fit."""
+        params = model.parameters()
+        expected = {f"{key}.{i}": p.shape for key, (p, _) in enumerate(params) for i in range(self.slots)}
+        if arrays and ({k: tuple(v.shape) for k, v in arrays.items()} != {k: tuple(v) for k, v in expected.items()}):
+            raise ShapeError(f"The saved {self.name} state does not fit this model's {len(params)} parameter arrays.")
+        self.steps = int(steps)
+        self._state = {key: tuple(model.device.to_device(np.asarray(arrays[f"{key}.{i}"], dtype=p.dtype))
+                                  for i in range(self.slots))
+                       for key, (p, _) in enumerate(params) if arrays}
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum (PyTorch's form): v = m v + g; p -= lr v."""
 
     name = "sgd"
     slots = 1
+    hyperparameters = ("momentum",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9):
         super().__init__(lr)
@@ -52,6 +81,7 @@ class Adam(Optimizer):
 
     name = "adam"
     slots = 2
+    hyperparameters = ("beta1", "beta2", "eps")
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(lr)
@@ -67,10 +97,13 @@ class Adam(Optimizer):
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam)}
 
 
-def make_optimizer(name: str, lr: float | None = None) -> Optimizer:
-    """The optimiser called ``name`` with learning rate ``lr`` (its default when None)."""
+def make_optimizer(name: str, lr: float | None = None, **hyperparameters) -> Optimizer:
+    """The optimiser called ``name`` with learning rate ``lr`` (its default when None) and hyperparameters."""
     try:
         cls = OPTIMIZERS[name.lower()]
-    except KeyError:
+    except (KeyError, AttributeError):
         raise SpecError(f"Unknown optimiser {name!r}; choose one of: {', '.join(OPTIMIZERS)}.") from None
-    return cls() if lr is None else cls(lr=lr)
+    unknown = set(hyperparameters) - set(cls.hyperparameters)
+    if unknown:
+        raise SpecError(f"The {cls.name} optimiser has no setting {', '.join(sorted(unknown))}.")
+    return cls(**hyperparameters) if lr is None else cls(lr=lr, **hyperparameters)

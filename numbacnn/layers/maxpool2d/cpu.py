@@ -21,7 +21,7 @@ def maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
                         here = ih * W + iw
                         for c in range(C):
                             v = x[n, ih, iw, c]
-                            if v > best[c]:  # the first maximum wins ties, as in PyTorch
+                            if v > best[c] or v != v:  # the first maximum wins ties; a NaN wins (PyTorch's rules)
                                 best[c] = v
                                 where[c] = here
 

@@ -25,7 +25,7 @@ def _maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
     for ih in range(top, top + size_h):
         for iw in range(left, left + size_w):
             v = x[n, ih, iw, c]
-            if v > best:  # the first maximum wins ties, as in PyTorch
+            if v > best or v != v:  # the first maximum wins ties; a NaN wins (PyTorch's rules)
                 best = v
                 where = ih * W + iw
     out[n, oh, ow, c] = best

@@ -1,4 +1,4 @@
-"""ReLU on the GPU, one thread per element of flat views of the arrays."""
+"""ReLU on the GPU, one thread per element of flat views of the arrays; NaN passes through, as on the CPU."""
 
 from numba import cuda
 
@@ -9,14 +9,14 @@ from ...cuda_kernels import THREADS, blocks_for, zero_of
 def _relu_forward(x, out, zero):
     i = cuda.grid(1)
     if i < x.size:
-        out[i] = x[i] if x[i] > zero else zero
+        out[i] = zero if x[i] <= zero else x[i]
 
 
 @cuda.jit
 def _relu_backward(y, dy, dx, zero):
     i = cuda.grid(1)
     if i < y.size:
-        dx[i] = dy[i] if y[i] > zero else zero
+        dx[i] = zero if y[i] <= zero else dy[i]
 
 
 def relu_forward(x, out):
@@ -25,6 +25,6 @@ def relu_forward(x, out):
 
 
 def relu_backward(y, dy, dx):
-    """The gradient flows where the output was positive (y > 0 exactly where x > 0)."""
+    """The gradient flows where the output was positive or NaN (y <= 0 exactly where x <= 0)."""
     if y.size:
         _relu_backward[blocks_for(y.size), THREADS](y, dy, dx, zero_of(dx))

@@ -6,11 +6,13 @@ from numbacnn.layer import Layer, check_number
 class AlphaActivation(Layer):
     """An elementwise activation on inputs of any shape, with ``alpha >= 0``.
 
-    A subclass sets ``name``, gives ``__init__(self, alpha=<its default>)`` that calls this one, and has
-    kernels ``<name>_forward(x, alpha, out)`` and ``<name>_backward(x, dy, alpha, dx)`` on flat arrays.
+    A subclass sets ``name`` and ``onnx_op``, gives ``__init__(self, alpha=<its default>)`` that calls this
+    one, and has kernels ``<name>_forward(x, alpha, out)`` and ``<name>_backward(x, dy, alpha, dx)`` on flat
+    arrays.
     """
 
     devices = ("cpu", "cuda")
+    onnx_op = ""  # the ONNX operator that computes the same function with the same alpha
 
     def __init__(self, alpha):
         super().__init__()
@@ -34,3 +36,7 @@ class AlphaActivation(Layer):
         getattr(self.kernels, f"{self.name}_backward")(self._x.reshape(-1), dy.reshape(-1), self._alpha(),
                                                        dx.reshape(-1))
         return dx
+
+    def to_onnx(self, builder, x):
+        """The ONNX export (``numbacnn export``): one operator, with the same alpha."""
+        return builder.add_node(self.onnx_op, [x], alpha=float(self.alpha))

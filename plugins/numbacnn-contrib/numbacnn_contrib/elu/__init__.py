@@ -11,6 +11,7 @@ class ELU(AlphaActivation):
     """
 
     name = "elu"
+    onnx_op = "Elu"
 
     def __init__(self, alpha=1.0):
         super().__init__(alpha)

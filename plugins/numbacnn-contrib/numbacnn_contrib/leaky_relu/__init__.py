@@ -11,6 +11,7 @@ class LeakyReLU(AlphaActivation):
     """
 
     name = "leaky_relu"
+    onnx_op = "LeakyRelu"
 
     def __init__(self, alpha=0.01):
         super().__init__(alpha)

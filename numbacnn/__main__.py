@@ -1,0 +1,5 @@
+"""``python -m numbacnn``: the same as the ``numbacnn`` command."""
+
+from numbacnn.cli import main
+
+main()

@@ -1,0 +1,12 @@
+"""Export a trained network to other runtimes: ONNX (``pip install "numbacnn[onnx]"``).
+
+    >>> from numbacnn.export import save_onnx
+    >>> save_onnx(model, "model.onnx")   # input "images" (N, 28, 28, 1), output "probabilities"
+
+Every built-in layer exports; a plug-in layer exports through its own ``to_onnx(builder, x)`` method
+(see ``OnnxBuilder`` and docs/plugins.md).
+"""
+
+from .builder import INPUT_NAME, OUTPUT_NAME, OnnxBuilder, save_onnx, to_onnx
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxBuilder", "save_onnx", "to_onnx"]
