@@ -34,6 +34,11 @@ class Device:
     def to_host(self, array) -> np.ndarray:
         return np.asarray(array)
 
+    def copy_into(self, target, source) -> None:
+        """Overwrites ``target`` (an array on this device) with ``source`` (same size, on the host or here),
+        keeping ``target`` the same memory: views of it see the new values."""
+        target.reshape(-1)[...] = np.asarray(source, dtype=target.dtype).reshape(-1)
+
     def take(self, array, indices: np.ndarray):
         """``array[indices]`` along the first axis, on this device (``indices`` is a host int array)."""
         return np.take(array, indices, axis=0)
@@ -92,6 +97,11 @@ class CudaDevice(Device):
         if self.on_device(array):
             return array.copy_to_host()
         return np.asarray(array)
+
+    def copy_into(self, target, source) -> None:
+        if not self.on_device(source):
+            source = np.ascontiguousarray(source, dtype=target.dtype)
+        target.reshape(-1).copy_to_device(source.reshape(-1))
 
     def take(self, array, indices: np.ndarray):
         """``array[indices]`` along the first axis: gathered on the GPU when ``array`` lives there, else

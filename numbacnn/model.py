@@ -78,8 +78,25 @@ class Sequential:
             # The first layer's input gradient is never used: skipping it saves its largest kernel.
             layer.needs_input_grad = i > 0
         self.execution_order = run_order(self.layers)
+        self.flat_params, self.flat_grads = self._gather("params"), self._gather("grads")
         self.built = True
         return self
+
+    def _gather(self, attribute: str):
+        """Moves every layer's ``params`` (or ``grads``) into one contiguous array, in ``parameters()`` order,
+        and leaves each layer a view of its part: one optimiser kernel, or one sum across processes, then
+        covers them all. Layers write their arrays in place (the contract), so the views stay in use."""
+        arrays = [(layer, k) for layer in self.layers for k in getattr(layer, attribute)]
+        sizes = [int(np.prod(getattr(layer, attribute)[k].shape)) for layer, k in arrays]
+        flat = self.device.empty(sum(sizes), self.dtype)
+        offset = 0
+        for (layer, k), size in zip(arrays, sizes):
+            owner = getattr(layer, attribute)
+            view = flat[offset:offset + size].reshape(owner[k].shape)
+            self.device.copy_into(view, owner[k])
+            owner[k] = view
+            offset += size
+        return flat
 
     @property
     def output_shape(self) -> Shape:
@@ -211,7 +228,7 @@ class Sequential:
             for k, v in values.items():
                 if tuple(v.shape) != tuple(arrays[k].shape):
                     raise ShapeError(f"{layer.name}.{k}: shape {v.shape}, expected {tuple(arrays[k].shape)}.")
-                arrays[k] = self.device.to_device(np.asarray(v, dtype=self.dtype))
+                self.device.copy_into(arrays[k], v)  # in place: parameters are views of ``flat_params``
 
 
 def format_bytes(nbytes: float) -> str:
