@@ -169,6 +169,8 @@ def torch_twin(model: Sequential, torch):
             modules.append(pool(layer._size, stride=layer._stride))
         elif layer.name == "relu":
             modules.append(nn.ReLU())
+        elif layer.name == "batchnorm2d":  # the same momentum convention as PyTorch's
+            modules.append(nn.BatchNorm2d(channels, eps=cfg["eps"], momentum=cfg["momentum"]))
         elif layer.name == "flatten":
             modules.append(nn.Flatten())
         elif layer.name == "dropout":

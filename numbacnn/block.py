@@ -22,22 +22,31 @@ from .errors import NumbacnnError, ShapeError, SpecError
 from .layer import Layer, Shape
 
 
-def run_order(layers: list[Layer]) -> list[Layer]:
+def run_order(layers: list[Layer]) -> list:
     """The order a chain of layers runs in: as written, except that a relu followed by max pooling runs after it.
 
     ReLU and max pooling commute (max(relu(a), relu(b)) = relu(max(a, b)), and the gradient goes to the same
     input, or is zero, either way), so the outputs and gradients are exactly the same, while the ReLU then
     touches a quarter of the values for 2x2 pooling. The layers keep the shapes they were built with, as the
     summary shows them: ReLU works on whatever shape it is given.
+
+    Where the pooling's kernels can do the ReLU as well (on the GPU, where every launch costs more than the
+    ReLU's arithmetic), the two then run as one step, ``MaxPoolThenReLU``.
     """
-    from .layers.maxpool2d import MaxPool2D
+    from .layers.maxpool2d import MaxPool2D, MaxPoolThenReLU
     from .layers.relu import ReLU
 
     order = list(layers)
     for i in range(len(order) - 1):
         if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
             order[i], order[i + 1] = order[i + 1], order[i]
-    return order
+    steps = []
+    for layer in order:
+        if type(layer) is ReLU and steps and type(steps[-1]) is MaxPool2D and steps[-1].fuses_relu:
+            steps[-1] = MaxPoolThenReLU(steps[-1], layer)
+        else:
+            steps.append(layer)
+    return steps
 
 
 def build_chain(layers: list[Layer], in_shape: Shape, *, rng, dtype, device, owner: str = "Layer",

@@ -35,6 +35,7 @@ app.add_typer(show_app, name="show")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)  # never quiet: see main()
 
 
 class Dataset(str, Enum):
@@ -50,6 +51,7 @@ class DeviceName(str, Enum):
 class Schedule(str, Enum):
     cosine = "cosine"
     constant = "constant"
+    onecycle = "onecycle"
 
 
 class OptimizerName(str, Enum):
@@ -80,7 +82,8 @@ def user_errors(command):
             return command(*args, **kwargs)
         except NumbacnnError as error:
             # One line however long (the terminal wraps it), and "numbacnn[cuda]" as written, not as markup.
-            err.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True)
+            # Errors show from every process of a parallel run (the others print nothing), naming it.
+            errors.print(f"[bold red]Error{_process_name()}:[/] {escape(str(error))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]Interrupted.[/]")
@@ -150,7 +153,7 @@ def train(
     ),
     schedule: Optional[Schedule] = typer.Option(
         None, "--schedule",
-        help="Learning rate over the run: cosine (decays to zero) or constant (default: the network's recipe, else cosine).",
+        help="Learning rate over the run: cosine (decays to zero), constant, or onecycle (up to --lr over the first fifth, then down to zero) (default: the network's recipe, else cosine).",
     ),
     augment: Optional[str] = typer.Option(
         None, "--augment",
@@ -160,7 +163,7 @@ def train(
     validation: Optional[int] = typer.Option(
         None, "--validation", min=0,
         help=f"Training images held out (the last N) to score each epoch, pick the best one and decide --stop-at; "
-             f"0 trains on all of them (default: {VALIDATION_DEFAULT:,}).",
+             f"0 trains on all of them (default: the network's recipe, else {VALIDATION_DEFAULT:,}).",
     ),
     stop_at: Optional[float] = typer.Option(
         None, "--stop-at", min=0.0, max=1.0, help="End early once the validation accuracy reaches this, e.g. 0.99."
@@ -188,9 +191,12 @@ def train(
     here wins over it. Each epoch is scored on a validation set held out of the training images; the test
     set is used once, at the end, on the best epoch. Ctrl-C saves the run so far: `--resume` continues it.
     """
+    from . import distributed
     from .outputs import RunOutputs
 
     _set_threads(threads)
+    if device == DeviceName.cuda:
+        distributed.pick_gpu(distributed.current())
     given = {"-m": model, "--layers": layers, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
              "--optimizer": optimizer, "--lr": lr, "--schedule": schedule, "--augment": augment,
              "--validation": validation, "--stop-at": stop_at, "--seed": seed, "--limit": limit}
@@ -203,6 +209,8 @@ def train(
     else:
         _spec(model, layers)  # a bad choice of network ends here, before any file is touched
         outputs = RunOutputs(output or Path("model.npz"))
+    if not distributed.current().is_root:  # in a parallel run the first process writes every file
+        outputs = outputs.unwritten()
     outputs.check()
     with outputs:
         if resume is not None:
@@ -234,12 +242,19 @@ def _new_run(given: dict, device: DeviceName, seed: int):
         "batch_size": batch_size,
         "schedule": schedule.value if schedule else recipe.schedule,
         "augment": str(Augment.parse(augment if augment is not None else recipe.augment)),
-        "validation": VALIDATION_DEFAULT if given["--validation"] is None else given["--validation"],
+        "validation": _validation_size(given["--validation"], recipe.validation),
         "stop_at": given["--stop-at"],
         "seed": seed,
         "limit": given["--limit"],
     }
     return net, optimizer, RunState(), settings
+
+
+def _validation_size(given: Optional[int], recipe: Optional[int]) -> int:
+    """Images held out for validation: the option, else the recipe's, else ``VALIDATION_DEFAULT``."""
+    if given is not None:
+        return given
+    return VALIDATION_DEFAULT if recipe is None else recipe
 
 
 def _resumed_run(outputs, device: DeviceName):
@@ -257,7 +272,7 @@ def _resumed_run(outputs, device: DeviceName):
 def run_training(net, optimizer, run, settings: dict, outputs, data_dir: Optional[Path]) -> None:
     """Trains (or goes on training) ``net`` as ``settings`` say, keeping ``outputs`` up to date; then scores
     the best epoch on the test set."""
-    from . import checkpoint
+    from . import checkpoint, distributed
     from .augment import Augment
     from .data import class_names, load_dataset
     from .progress import TrainingProgress
@@ -276,11 +291,13 @@ def run_training(net, optimizer, run, settings: dict, outputs, data_dir: Optiona
                             f"use at most {len(x_train):,}.")
     net.check_memory(batch_size, optimizer.slots)
     where = f"from epoch {run.epoch}, batch {run.batches_done + 1}, " if run.history or run.batches_done else ""
+    group = distributed.current()
+    processes = f", {group.size} processes (each batch split between them, over MPI)" if group.size > 1 else ""
     out.print(f"{'Resuming' if where else 'Training'} [bold]{escape(settings['name'])}[/] ({net.count_params():,} "
               f"parameters) on {dataset.value}: {len(x_train):,} images ({len(x_val):,} held out for validation), "
               f"{where}{_count(epochs, 'epoch')} of batch {batch_size}, {optimizer.name} lr {optimizer.base_lr:g} "
               f"({settings['schedule']}), augmentation {settings['augment']}, seed {settings['seed']}, "
-              f"{net.device.name}.")
+              f"{net.device.name}{processes}.")
 
     def metadata(extra=None):
         return {"dataset": dataset.value, "epochs": run.best_epoch, "epochs_run": len(run.history),
@@ -307,6 +324,8 @@ def run_training(net, optimizer, run, settings: dict, outputs, data_dir: Optiona
             err.print(f"Interrupted in epoch {stop.run.epoch} after {stop.run.batches_done} batches. Saved the run so "
                       f"far to {outputs.resume_path}{kept}. Continue it with: numbacnn train --resume {outputs.path}")
             raise typer.Exit(130) from None
+    if not group.is_root:
+        return
     best, _ = checkpoint.load(outputs.path, device=net.device.name)
     x_test, y_test = _load_split(dataset, "test", data_dir)
     test_loss, test_accuracy = run_evaluation(best, x_test, y_test)
@@ -712,5 +731,36 @@ def _options(
     """Small convolutional networks with Numba kernels: train and use MNIST classifiers, add layers as plug-ins."""
 
 
+def _process_name() -> str:
+    from . import distributed
+
+    group = distributed.current()
+    return f" (process {group.rank} of {group.size})" if group.size > 1 else ""
+
+
 def main() -> None:  # pragma: no cover - the console script
-    app()
+    """The console script. Under an MPI launcher only the first process prints (errors excepted), and a
+    process that fails ends the whole job at once, so that no other one waits for it forever."""
+    from . import distributed
+
+    try:
+        group = distributed.current()
+    except NumbacnnError as error:
+        errors.print(f"[bold red]Error:[/] {escape(str(error))}", soft_wrap=True)
+        raise SystemExit(1) from None
+    if group.size == 1:
+        app()
+        return
+    out.quiet = err.quiet = not group.is_root
+    try:
+        app()
+    except SystemExit as done:
+        # 130: every process stopped after the same step on Ctrl-C and is saving or done; let them finish.
+        if done.code not in (0, None, 130):
+            group.abort(done.code if isinstance(done.code, int) else 1)
+        raise
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        group.abort(1)

@@ -7,6 +7,7 @@ A layer never asks which device it runs on; it allocates through its ``Device`` 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from types import ModuleType
 
@@ -15,6 +16,27 @@ import numpy as np
 from .errors import DeviceError
 
 DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class Counts:
+    """What numbacnn has asked of the GPU: kernel launches, device allocations, and copies between host and
+    device. Each costs the host microseconds (an allocation may also wait for the GPU, a copy to the host
+    always does), so a training step should make as few as it can; ``numbacnn bench`` reports them per step."""
+
+    launches: int = 0
+    allocations: int = 0
+    transfers: int = 0
+
+    def snapshot(self) -> Counts:
+        return Counts(self.launches, self.allocations, self.transfers)
+
+    def __sub__(self, earlier: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)))
+
+
+# Every CUDA kernel launcher, allocation and copy in numbacnn counts itself here (see ``cuda_kernels.kernel``).
+CUDA_COUNTS = Counts()
 
 
 class Device:
@@ -77,6 +99,7 @@ class CudaDevice(Device):
         self.cuda = _require_cuda()
 
     def empty(self, shape, dtype):
+        CUDA_COUNTS.allocations += 1
         return self.cuda.device_array(shape, dtype=dtype)
 
     def zeros(self, shape, dtype):
@@ -91,15 +114,19 @@ class CudaDevice(Device):
             return array
         if hasattr(array, "__cuda_array_interface__"):  # another library's GPU array: share, do not copy
             return self.cuda.as_cuda_array(array)
+        CUDA_COUNTS.allocations += 1
+        CUDA_COUNTS.transfers += 1
         return self.cuda.to_device(np.ascontiguousarray(array))
 
     def to_host(self, array) -> np.ndarray:
         if self.on_device(array):
+            CUDA_COUNTS.transfers += 1
             return array.copy_to_host()
         return np.asarray(array)
 
     def copy_into(self, target, source) -> None:
         if not self.on_device(source):
+            CUDA_COUNTS.transfers += 1
             source = np.ascontiguousarray(source, dtype=target.dtype)
         target.reshape(-1).copy_to_device(source.reshape(-1))
 

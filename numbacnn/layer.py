@@ -56,6 +56,11 @@ class Layer:
     # A model sets this to False on its first layer, whose input gradient nobody reads: a layer with
     # parameters may then skip computing it and return None from backward.
     needs_input_grad: bool = True
+    # While a data-parallel run trains, (first, total): the batch a layer gets is rows first, first + 1, ...
+    # of a batch of ``total`` rows split across processes. A layer that draws random numbers per example
+    # (dropout) draws them for all ``total`` rows and keeps its own, so each example gets what it would get
+    # in a one-process run. None: the batch is the whole batch.
+    batch_part: tuple[int, int] | None = None
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}

@@ -110,6 +110,13 @@ class Sequential:
             raise ShapeError(f"The model takes inputs of shape {self.input_shape}, got {tuple(x.shape[1:])}.")
         return forward_chain(self.execution_order, x, training)
 
+    def set_batch_part(self, first: int, total: int) -> None:
+        """Tells every layer that the batches it gets are rows ``first``... of batches of ``total`` rows (see
+        ``Layer.batch_part``); ``set_batch_part(0, 0)`` goes back to whole batches."""
+        part = (first, total) if total else None
+        for layer in _all_layers(self.layers):
+            layer.batch_part = part
+
     def backward(self, dy) -> None:
         """Fills every layer's gradients from the loss gradient of the logits."""
         backward_chain(self.execution_order, dy)
@@ -237,6 +244,14 @@ def format_bytes(nbytes: float) -> str:
         if nbytes < 1000 or unit == "TB":
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1000
+
+
+def _all_layers(layers: list[Layer]):
+    """The layers and, for blocks, their children, at every depth."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Block):
+            yield from _all_layers([child for _, child in layer.named_children()])
 
 
 def _generators(layers: list[Layer]):

@@ -83,6 +83,10 @@ class RunOutputs:
             os.close(self._lock)
             self._lock = None
 
+    def unwritten(self) -> RunOutputs:
+        """The same paths, for a process that must not write them (all but the first of a parallel run)."""
+        return _Unwritten(self.path)
+
     # -- while training ----------------------------------------------------------------------------------
 
     def save_best(self, model, metadata: dict[str, Any]) -> None:
@@ -100,6 +104,31 @@ class RunOutputs:
     def finish(self) -> None:
         """The run ended normally: nothing is left to resume."""
         self.resume_path.unlink(missing_ok=True)
+
+
+class _Unwritten(RunOutputs):
+    """The outputs as a process that does not write them sees them: every call does nothing."""
+
+    def check(self) -> None:
+        pass
+
+    def __enter__(self) -> RunOutputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def save_best(self, model, metadata) -> None:
+        pass
+
+    def save_resume(self, model, optimizer, run, settings) -> None:
+        pass
+
+    def write_metrics(self, history) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 def _is_checkpoint(path: Path) -> bool:

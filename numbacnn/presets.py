@@ -26,6 +26,10 @@ PRESETS = {
                     "residual(conv2d(64,3,stride=2,padding=same,bias=False) batchnorm2d relu "
                     "conv2d(64,3,padding=same,bias=False) batchnorm2d) relu "
                     "maxpool2d(2) flatten dense(10)",
+    # Built for time to 99%: one epoch reaches it. Batch normalisation (after the pooling, on a quarter of the
+    # values) lets a high learning rate converge in one pass; 16 and 32 channels fill whole 16-float vectors.
+    "fast": "conv2d(16,5,bias=False) maxpool2d(2) batchnorm2d relu "
+            "conv2d(32,5,bias=False) maxpool2d(2) batchnorm2d relu flatten dense(10)",
 }
 
 DEFAULT_PRESET = "keras-convnet"
@@ -41,6 +45,7 @@ class Recipe:
     lr: float | None = None  # None: the optimiser's own default
     schedule: str = "cosine"
     augment: str = "none"
+    validation: int | None = None  # images held out for validation; None: the command's default
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +55,9 @@ RECIPES = {
     # Measured: batch 64 and no dropout reached 99.56% where batch 128 with dropout(0.25) reached 99.53%, and
     # adding rotations and scaling to the shifts did not help (bench/README.md).
     "small-resnet": Recipe(epochs=15, batch_size=64, lr=2e-3, schedule="cosine", augment="shift=2"),
+    # Measured on seeds 0, 1, 2: 99.03%, 99.11%, 99.12% after one epoch on all 60,000 images (no validation
+    # pass to pay for) with a one-cycle rate peaking at 8e-3; batch 128 reached 98.89% (bench/README.md).
+    "fast": Recipe(epochs=1, batch_size=64, lr=8e-3, schedule="onecycle", validation=0),
 }
 
 

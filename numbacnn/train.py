@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import distributed
 from .errors import SpecError, TrainingDiverged
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
@@ -122,12 +123,14 @@ def fit(
     on_batch: Callable[[BatchStats], None] | None = None,
     on_validate: Callable[[int], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    group: distributed.Group | None = None,
 ) -> list[EpochResult]:
     """Trains ``model`` (built) on prepared ``images`` and integer ``labels``; returns the epochs it ran.
 
     The data is copied to the model's device once; per batch only the loss and the count of right answers
     come back. ``schedule`` is "cosine" (from the optimiser's learning rate down to zero along half a cosine
-    over the whole run, as ``numbacnn train`` does) or "constant".
+    over the whole run, as ``numbacnn train`` does), "constant", or "onecycle" (up to the optimiser's
+    learning rate over the first fifth of the run, then down to zero).
     ``validation``: prepared (images, labels) scored after every epoch; the best epoch and ``stop_at`` (end
     the run after the first epoch whose validation accuracy reaches it) go by it.
     ``augment``: a ``numbacnn.augment.Augment`` that changes each training batch at random (seeded by ``seed``
@@ -135,6 +138,8 @@ def fit(
     ``run``: a ``RunState`` to continue (the model and optimiser must be as they were when it was taken),
     or to fill in; ``fit`` keeps it up to date after every step.
     ``on_validate(n)`` runs before the validation of an epoch, ``on_epoch`` after it (a good place to save).
+    ``group``: the processes training together (``numbacnn.distributed``); by default the MPI job this
+    process was launched in, else this process alone.
 
     Raises ``TrainingDiverged`` when the loss becomes NaN or infinite (the model is then not worth saving),
     and ``TrainingInterrupted`` on Ctrl-C, after the step that was running has finished.
@@ -153,6 +158,7 @@ def fit(
     batches = -(-n // batch_size)
     lr_at = learning_rate_schedule(schedule, optimizer.base_lr, epochs * batches)
     run = run if run is not None else RunState()
+    group = group or distributed.current()
     # Guessing evenly among K classes costs ln K; a thousand times that only comes from weights that blew up.
     diverged_loss = 1000 * math.log(max(model.output_shape[0], 2))
     results = []
@@ -163,23 +169,25 @@ def fit(
         while run.epoch <= epochs and not run.finished:
             epoch, order = run.epoch, epoch_order(seed, run.epoch, n)
             start, first = time.perf_counter(), run.batches_done
+            stop = group.any(stop_requested())  # every process stops after the same step
             for b in range(first, batches):
-                if stop_requested():
+                if stop:
                     raise TrainingInterrupted(run)
                 step = (epoch - 1) * batches + b
                 optimizer.lr = lr_at(step)
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                x = device.take(x_all, idx)
-                if augment is not None:
-                    x = augment.apply(x, seed, step, device)
-                logits = model.forward(x, training=True)
-                loss, dlogits, right = loss_fn(logits, y_all[idx])
-                if not loss <= diverged_loss:  # NaN fails every comparison
-                    raise TrainingDiverged(_diverged(f"the loss became {loss:.4g}", epoch, b + 1, optimizer))
-                model.backward(dlogits)
+                part, stop_row = group.part(len(idx))
+                mine = idx[part:stop_row]
+                loss, right = _forward_backward(model, loss_fn, device.take(x_all, mine), y_all[mine], augment,
+                                                seed, step, part, len(idx))
+                loss_sum, right, stop = group.sum_step(model, len(mine) / len(idx),
+                                                       [loss * len(mine), right, stop_requested()])
+                if not loss_sum / len(idx) <= diverged_loss:  # NaN fails every comparison
+                    raise TrainingDiverged(_diverged(f"the loss became {loss_sum / len(idx):.4g}", epoch, b + 1,
+                                                     optimizer))
                 optimizer.step(model)
-                run.loss_sum += loss * len(idx)
-                run.correct += right
+                run.loss_sum += loss_sum
+                run.correct += int(right)
                 run.batches_done = b + 1
                 if on_batch:
                     seen = min(n, run.batches_done * batch_size)
@@ -191,6 +199,7 @@ def fit(
                 raise TrainingDiverged(_diverged("a weight became NaN or infinite", epoch, batches, optimizer))
             result = EpochResult(epoch, run.loss_sum / n, run.correct / n, n / max(seconds, 1e-9), seconds,
                                  lr=optimizer.lr)
+            group.average_state(model)
             if validation is not None:
                 if on_validate:
                     on_validate(len(validation[0]))
@@ -203,6 +212,22 @@ def fit(
             if on_epoch:
                 on_epoch(result)
     return results
+
+
+def _forward_backward(model: Sequential, loss_fn, x, labels, augment, seed: int, step: int, first: int,
+                      total: int) -> tuple[float, int]:
+    """One forward and backward pass over this process's rows of a batch (rows ``first``... of ``total``):
+    (mean loss, right answers); the gradients are left in the model. A process whose part is empty (the
+    last, short batch of an epoch split over many processes) contributes zero gradients."""
+    if len(labels) == 0:
+        model.device.copy_into(model.flat_grads, np.zeros(model.flat_grads.size, model.dtype))
+        return 0.0, 0
+    model.set_batch_part(first, total if len(labels) != total else 0)
+    if augment is not None:
+        x = augment.apply(x, seed, step, model.device, first)
+    loss, dlogits, right = loss_fn(model.forward(x, training=True), labels)
+    model.backward(dlogits)
+    return loss, right
 
 
 def _judge(run: RunState, result: EpochResult) -> None:
@@ -259,16 +284,28 @@ class _stop_on_ctrl_c:
             signal.signal(signal.SIGINT, self.previous)
 
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "onecycle")
+# One cycle: the rate climbs from a tenth of the peak to the peak over this share of the run, then falls to
+# zero. A short climb lets a high peak rate through the first, largest gradients without diverging.
+ONECYCLE_RISE = 0.2
 
 
 def learning_rate_schedule(name: str, base_lr: float, total_steps: int) -> Callable[[int], float]:
-    """The learning rate at each step (0 .. total_steps - 1) of a run."""
+    """The learning rate at each step (0 .. total_steps - 1) of a run; ``base_lr`` is the peak."""
     if name == "constant":
         return lambda step: base_lr
     if name == "cosine":
         return lambda step: base_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    if name == "onecycle":
+        return lambda step: base_lr * _one_cycle(step / total_steps)
     raise SpecError(f"Unknown learning-rate schedule {name!r}; choose one of: {', '.join(SCHEDULES)}.")
+
+
+def _one_cycle(t: float) -> float:
+    """The one-cycle rate as a fraction of the peak at ``t``, the share of the run done (0 <= t < 1)."""
+    if t < ONECYCLE_RISE:
+        return 0.1 + 0.9 * t / ONECYCLE_RISE
+    return (1 - t) / (1 - ONECYCLE_RISE)
 
 
 def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> tuple[float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,18 +44,25 @@ def little_memory():
         yield
 
 
+SECONDS = 60  # per call: generous, since a spec may compile kernels no earlier example needed
+
+
 def ends_well(call):
     """Runs ``call``; a NumbacnnError is a fine ending, any other exception fails the test."""
+    started = time.perf_counter()
     try:
         call()
     except NumbacnnError as error:
         assert str(error).strip() and "\n" not in str(error).strip(), repr(error)
+    assert time.perf_counter() - started < SECONDS
 
 
 def cli_ends_well(*args):
+    started = time.perf_counter()
     result = run(*args)
     if result.exit_code != 0:
         assert_one_line_error(result)
+    assert time.perf_counter() - started < SECONDS
 
 
 # -- edits of a text or a byte string --------------------------------------------------------------------------
@@ -229,7 +237,7 @@ def _with_header(png: bytes, width: int, height: int) -> bytes:
 
 @FUZZ
 @given(data=st.data())
-def test_mutated_images_decode_or_say_why(tmp_path_factory, data):
+def test_mutated_images_decode_or_say_why(saved, tmp_path_factory, data):
     original = data.draw(st.sampled_from(_images()))
     if original.startswith(b"\x89PNG") and data.draw(st.booleans()):
         size = st.integers(0, 2**31 - 1) | st.integers(1, 64)
@@ -240,3 +248,4 @@ def test_mutated_images_decode_or_say_why(tmp_path_factory, data):
     path.write_bytes(content)
     with little_memory():
         ends_well(lambda: read_image(path))
+        cli_ends_well("predict", saved["checkpoint"], "--image", path)

@@ -84,7 +84,9 @@ def test_a_resumed_run_equals_the_run_that_never_stopped_bit_for_bit(mnist_bits,
     with pytest.raises(TrainingInterrupted) as stopped:
         fit(model, optimizer, *train, validation=val, augment=augment, run=run, on_epoch=on_epoch,
             on_batch=on_batch, **FIT)
-    assert (stopped.value.run.epoch, stopped.value.run.batches_done) == ((2, 0) if where.startswith("at") else (2, 3))
+    # It stops at the first step boundary after Ctrl-C (the flag travels with a step's numbers).
+    assert stopped.value.run.epoch == 2
+    assert stopped.value.run.batches_done in ((0,) if where.startswith("at") else (3, 4))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
     path = checkpoint.save_resume(tmp_path / "run.resume.npz", model, optimizer, run, {"note": where})

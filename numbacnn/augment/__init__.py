@@ -85,11 +85,12 @@ class Augment:
 
     # -- applying it ----------------------------------------------------------------------------------------
 
-    def apply(self, x, seed: int, step: int, device: str | Device = "cpu"):
+    def apply(self, x, seed: int, step: int, device: str | Device = "cpu", first: int = 0):
         """The batch ``x`` (N, H, W, C), each image transformed by its own draw, on ``device``.
 
         Args: x: a float array (host, or on ``device``), never written to; seed, step: whole numbers >= 0
-        that pick the draws (image n of step ``step`` always gets the same one, on any device).
+        that pick the draws (image n of step ``step`` always gets the same one, on any device); first: the
+        number of ``x``'s first image in the whole batch, when ``x`` is one process's part of it.
         The result is one array reused by every call (made anew when the shape or dtype changes), so it stays
         valid until the next call; when augmentation is off, it is ``x`` itself.
         """
@@ -104,9 +105,9 @@ class Augment:
         out = self._output(device, tuple(x.shape), x.dtype)
         kernels = kernels_for(__name__, device)
         if self.resamples:
-            kernels.affine(x, out, seed, step, self.max_shift, math.radians(self.max_rotation), self.max_scale)
+            kernels.affine(x, out, seed, step, self.max_shift, math.radians(self.max_rotation), self.max_scale, first)
         else:
-            kernels.shift(x, out, seed, step, self.max_shift)
+            kernels.shift(x, out, seed, step, self.max_shift, first)
         return out
 
     def _output(self, device: Device, shape: tuple, dtype):

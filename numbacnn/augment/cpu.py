@@ -28,10 +28,12 @@ UNIT = 2.0**-31  # maps a 32-bit hash h to h * UNIT - 1, uniform on [-1, 1)
 DY, DX, ANGLE, SCALE = 0, 1, 2, 3
 
 
-def batch_key(seed: int, step: int) -> tuple[int, int, int, int]:
-    """(seed, step) as four 32-bit halves, the form the kernels take (any size of int fits)."""
+def batch_key(seed: int, step: int, first: int = 0) -> tuple[int, int, int, int, int]:
+    """(seed, step) as four 32-bit halves, and the number of the batch's first image: the form the kernels
+    take (any size of int fits). A process that trains on part of a batch passes the global number of its
+    first image, so each image gets the draw it gets in a one-process run."""
     seed, step = seed % 2**64, step % 2**64
-    return seed & MASK32, seed >> 32, step & MASK32, step >> 32
+    return seed & MASK32, seed >> 32, step & MASK32, step >> 32, first & MASK32
 
 
 def compile_with(jit) -> SimpleNamespace:
@@ -61,7 +63,7 @@ def compile_with(jit) -> SimpleNamespace:
         h = mix32(h ^ key[1])
         h = mix32(h ^ key[2])
         h = mix32(h ^ key[3])
-        h = mix32(h ^ (image & MASK32))
+        h = mix32(h ^ ((key[4] + image) & MASK32))
         return mix32(h ^ stream)
 
     @jit
@@ -157,19 +159,19 @@ def _draws(key, max_shift, max_angle, max_scale, out):
         out[n, 0], out[n, 1], out[n, 2], out[n, 3] = _transform(key, n, max_shift, max_angle, max_scale)
 
 
-def shift(x, out, seed: int, step: int, max_shift: int) -> None:
+def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0) -> None:
     """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0.
 
     Args: x, out: arrays of the same shape and dtype; seed, step: pick the offsets, which image n draws
-    uniformly from [-max_shift, max_shift] by hashing (seed, step, n).
+    uniformly from [-max_shift, max_shift] by hashing (seed, step, first + n).
     """
-    _shift(x, out, batch_key(seed, step), max_shift, out.dtype.type(0))
+    _shift(x, out, batch_key(seed, step, first), max_shift, out.dtype.type(0))
 
 
-def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float) -> None:
+def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float, first: int = 0) -> None:
     """out = each image of x shifted as in ``shift``, rotated by up to ``max_angle`` radians and scaled by
     1 +- up to ``max_scale`` about its centre, in one bilinear resample filled with 0."""
-    _affine(x, out, batch_key(seed, step), max_shift, float(max_angle), float(max_scale))
+    _affine(x, out, batch_key(seed, step, first), max_shift, float(max_angle), float(max_scale))
 
 
 def draws(seed: int, step: int, count: int, max_shift: int, max_angle: float, max_scale: float) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from numba import cuda
 
-from ..cuda_kernels import THREADS, blocks_for, zero_of
+from ..cuda_kernels import THREADS, blocks_for, kernel, zero_of
 from .cpu import DX, DY, batch_key, compile_with
 
 _shared = compile_with(cuda.jit(device=True))
@@ -25,7 +25,7 @@ def _position(x, k):
     return rest // height, rest % height, col, c
 
 
-@cuda.jit
+@kernel
 def _shift(x, out, key, max_shift, zero):
     k = cuda.grid(1)
     if k < out.size:
@@ -34,7 +34,7 @@ def _shift(x, out, key, max_shift, zero):
         out[n, y, col, c] = _shifted(x, n, y, col, c, dy, dx, zero)
 
 
-@cuda.jit
+@kernel
 def _affine(x, out, key, max_shift, max_angle, max_scale):
     k = cuda.grid(1)
     if k < out.size:
@@ -43,19 +43,19 @@ def _affine(x, out, key, max_shift, max_angle, max_scale):
         out[n, y, col, c] = _resampled(x, n, y, col, c, dy, dx, a, b)
 
 
-def shift(x, out, seed: int, step: int, max_shift: int) -> None:
+def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0) -> None:
     """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0.
 
     Args: x, out: device arrays of the same shape and dtype; seed, step: pick the offsets, which image n
-    draws uniformly from [-max_shift, max_shift] by hashing (seed, step, n).
+    draws uniformly from [-max_shift, max_shift] by hashing (seed, step, first + n).
     """
     if out.size:
-        _shift[blocks_for(out.size), THREADS](x, out, batch_key(seed, step), max_shift, zero_of(out))
+        _shift[blocks_for(out.size), THREADS](x, out, batch_key(seed, step, first), max_shift, zero_of(out))
 
 
-def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float) -> None:
+def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float, first: int = 0) -> None:
     """out = each image of x shifted as in ``shift``, rotated by up to ``max_angle`` radians and scaled by
     1 +- up to ``max_scale`` about its centre, in one bilinear resample filled with 0."""
     if out.size:
         _affine[blocks_for(out.size), THREADS](
-            x, out, batch_key(seed, step), max_shift, float(max_angle), float(max_scale))
+            x, out, batch_key(seed, step, first), max_shift, float(max_angle), float(max_scale))

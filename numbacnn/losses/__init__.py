@@ -20,6 +20,7 @@ class SoftmaxCrossEntropy:
     def __init__(self, device="cpu"):
         self.device = get_device(device)
         self.kernels = importlib.import_module(f"{__name__}.{self.device.name}")
+        self._dlogits = None
 
     def __call__(self, logits, labels):
         n, k = logits.shape
@@ -27,6 +28,16 @@ class SoftmaxCrossEntropy:
         labels = self.device.to_device(labels)
         dlogits = self.device.empty(logits.shape, logits.dtype)
         return self.kernels.softmax_cross_entropy(logits, labels, dlogits)
+
+    def accumulate(self, logits, targets, totals):
+        """The gradient of the batch's mean loss with respect to the logits, adding the batch's summed loss and
+        count of right answers to ``totals`` ((2,) float64, where the logits are) instead of returning them:
+        nothing is read back, so the host never waits for the GPU. ``targets`` are one-hot (or probability)
+        rows where the logits are. The gradient is one array reused by every call of the same shape."""
+        if self._dlogits is None or tuple(self._dlogits.shape) != tuple(logits.shape):
+            self._dlogits = self.device.empty(logits.shape, logits.dtype)
+        self.kernels.softmax_cross_entropy_sum(logits, targets, self._dlogits, totals)
+        return self._dlogits
 
 
 def _as_target_rows(labels, n: int, k: int, dtype) -> np.ndarray:

@@ -36,3 +36,13 @@ def softmax_cross_entropy(logits, targets, dlogits):
     row_correct = np.empty(n, np.int64)
     _rows(logits, targets, dlogits, row_loss, row_correct)
     return float(row_loss.sum() / n), dlogits, int(row_correct.sum())
+
+
+def softmax_cross_entropy_sum(logits, targets, dlogits, totals):
+    """Fills dlogits in place and adds the summed loss and the number of right rows to ``totals`` (float64)."""
+    n = logits.shape[0]
+    row_loss = np.empty(n, np.float64)
+    row_correct = np.empty(n, np.int64)
+    _rows(logits, targets, dlogits, row_loss, row_correct)
+    totals[0] += row_loss.sum()
+    totals[1] += row_correct.sum()

@@ -1,8 +1,9 @@
-"""Softmax cross-entropy on the GPU: one fused kernel, and only the two totals come back to the host.
+"""Softmax cross-entropy on the GPU: one fused kernel, whose two totals stay on the device.
 
 A single block walks the rows (each thread a strided set of them), writes dlogits, and then adds up the
-per-thread losses and hit counts in a fixed tree: deterministic, no atomics, one launch. The per-row work is
-a handful of classes, so one block keeps up even with an evaluation batch of thousands of rows.
+per-thread losses and hit counts in a fixed tree, and adds them to running totals on the device:
+deterministic, no atomics, one launch. The per-row work is a handful of classes, so one block keeps up even
+with an evaluation batch of thousands of rows.
 """
 
 import math
@@ -10,10 +11,13 @@ import math
 import numpy as np
 from numba import cuda, float64
 
+from ..device import get_device
+from ..cuda_kernels import kernel
+
 REDUCE_THREADS = 128  # a power of two, for the halving tree
 
 
-@cuda.jit
+@kernel
 def _softmax_cross_entropy(logits, targets, dlogits, totals):
     loss_of = cuda.shared.array(REDUCE_THREADS, float64)
     hits_of = cuda.shared.array(REDUCE_THREADS, float64)
@@ -48,14 +52,20 @@ def _softmax_cross_entropy(logits, targets, dlogits, totals):
         cuda.syncthreads()
         step //= 2
     if t == 0:
-        totals[0] = loss_of[0]
-        totals[1] = hits_of[0]
+        totals[0] += loss_of[0]
+        totals[1] += hits_of[0]
+
+
+def softmax_cross_entropy_sum(logits, targets, dlogits, totals):
+    """Fills dlogits in place and adds the summed loss and the number of rows whose top logit is the true
+    class to ``totals[0]`` and ``totals[1]`` (float64), on the device: nothing comes back to the host."""
+    _softmax_cross_entropy[1, REDUCE_THREADS](logits, targets, dlogits, totals)
 
 
 def softmax_cross_entropy(logits, targets, dlogits):
     """(mean loss, dlogits filled in place, number of rows whose top logit is the true class)."""
-    n = logits.shape[0]
-    totals = cuda.device_array(2, dtype=np.float64)
-    _softmax_cross_entropy[1, REDUCE_THREADS](logits, targets, dlogits, totals)
-    loss, hits = totals.copy_to_host()
-    return float(loss / n), dlogits, int(hits)
+    gpu = get_device("cuda")
+    totals = gpu.zeros(2, np.float64)
+    softmax_cross_entropy_sum(logits, targets, dlogits, totals)
+    loss, hits = gpu.to_host(totals)
+    return float(loss / logits.shape[0]), dlogits, int(hits)

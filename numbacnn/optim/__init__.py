@@ -24,17 +24,17 @@ class Optimizer:
         # ``lr`` is the rate of the next step, which a schedule changes; ``base_lr`` the one it starts from.
         self.lr = self.base_lr = float(lr)
         self.steps = 0
-        self._state: dict[int, tuple] = {}
+        # Per slot, one array as long as ``model.flat_params``, made at the first step.
+        self._moments: tuple | None = None
 
     def step(self, model) -> None:
-        """One update from the gradients the last backward pass left in the model."""
+        """One update from the gradients the last backward pass left in the model: one kernel call over all
+        parameters at once (``model.flat_params``), each element updated exactly as on its own."""
         self.steps += 1
         kernels = importlib.import_module(f"{__name__}.{model.device.name}")
-        for key, (param, grad) in enumerate(model.parameters()):
-            if key not in self._state:
-                self._state[key] = tuple(model.device.zeros(param.shape, param.dtype) for _ in range(self.slots))
-            self.update(kernels, param.reshape(-1), grad.reshape(-1), [s.reshape(-1) for s in self._state[key]])
-
+        if self._moments is None:
+            self._moments = tuple(model.device.zeros(model.flat_params.size, model.dtype) for _ in range(self.slots))
+        self.update(kernels, model.flat_params, model.flat_grads, self._moments)
 
     def get_config(self) -> dict:
         """The name, base learning rate and hyperparameters: ``make_optimizer(**config)`` makes it again."""
@@ -43,20 +43,36 @@ class Optimizer:
     def get_state(self, model) -> tuple[int, dict[str, np.ndarray]]:
         """(steps taken, the moment arrays copied to the host, keyed "<parameter number>.<slot>"): with the
         model's weights, what a run needs to go on exactly where it stopped."""
-        arrays = {f"{key}.{i}": model.device.to_host(a).copy() for key, slots in self._state.items()
-                  for i, a in enumerate(slots)}
-        return self.steps, arrays
+        if self._moments is None:
+            return self.steps, {}
+        slots = [model.device.to_host(m) for m in self._moments]
+        return self.steps, {f"{key}.{i}": slot[where].reshape(shape).copy()
+                            for key, (where, shape) in enumerate(_parameter_slices(model))
+                            for i, slot in enumerate(slots)}
 
     def set_state(self, model, steps: int, arrays: dict[str, np.ndarray]) -> None:
         """Loads what ``get_state`` gave, for the same model; ``ShapeError`` when it does not fit."""
-        params = model.parameters()
-        expected = {f"{key}.{i}": p.shape for key, (p, _) in enumerate(params) for i in range(self.slots)}
-        if arrays and ({k: tuple(v.shape) for k, v in arrays.items()} != {k: tuple(v) for k, v in expected.items()}):
-            raise ShapeError(f"The saved {self.name} state does not fit this model's {len(params)} parameter arrays.")
+        slices = _parameter_slices(model)
+        expected = {f"{key}.{i}": shape for key, (_, shape) in enumerate(slices) for i in range(self.slots)}
+        if arrays and ({k: tuple(v.shape) for k, v in arrays.items()} != expected):
+            raise ShapeError(f"The saved {self.name} state does not fit this model's {len(slices)} parameter arrays.")
         self.steps = int(steps)
-        self._state = {key: tuple(model.device.to_device(np.asarray(arrays[f"{key}.{i}"], dtype=p.dtype))
-                                  for i in range(self.slots))
-                       for key, (p, _) in enumerate(params) if arrays}
+        self._moments = None
+        if arrays:
+            self._moments = tuple(
+                model.device.to_device(np.concatenate(
+                    [np.asarray(arrays[f"{key}.{i}"], dtype=model.dtype).reshape(-1) for key in range(len(slices))]))
+                for i in range(self.slots))
+
+
+def _parameter_slices(model) -> list[tuple[slice, tuple]]:
+    """(where in ``model.flat_params``, shape) of each parameter array, in ``model.parameters()`` order."""
+    slices, offset = [], 0
+    for param, _ in model.parameters():
+        size = int(np.prod(param.shape))
+        slices.append((slice(offset, offset + size), tuple(param.shape)))
+        offset += size
+    return slices
 
 
 class SGD(Optimizer):

@@ -8,10 +8,10 @@ import math
 
 from numba import cuda
 
-from ..cuda_kernels import THREADS, blocks_for
+from ..cuda_kernels import THREADS, blocks_for, kernel
 
 
-@cuda.jit
+@kernel
 def _sgd_update(param, grad, velocity, lr, momentum):
     i = cuda.grid(1)
     if i < param.size:
@@ -19,7 +19,7 @@ def _sgd_update(param, grad, velocity, lr, momentum):
         param[i] -= lr * velocity[i]
 
 
-@cuda.jit
+@kernel
 def _adam_update(param, grad, m, v, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2,
                  inv_root_correction, eps):
     i = cuda.grid(1)

@@ -6,10 +6,10 @@ write the same element and no atomics are needed.
 
 from numba import cuda
 
-from ...cuda_kernels import THREADS, blocks_for, zero_of
+from ...cuda_kernels import THREADS, blocks_for, kernel, zero_of
 
 
-@cuda.jit
+@kernel
 def _avgpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, scale, zero):
     k = cuda.grid(1)
     if k >= out.size:
@@ -23,7 +23,7 @@ def _avgpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, scale, zero):
     out[n, oh, ow, c] = total * scale
 
 
-@cuda.jit
+@kernel
 def _avgpool2d_backward(dy, size_h, size_w, stride_h, stride_w, dx, scale, zero):
     k = cuda.grid(1)
     if k >= dx.size:

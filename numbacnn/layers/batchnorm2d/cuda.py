@@ -15,7 +15,7 @@ on the host, so float32 stays float32. The per-channel work is float64 throughou
 import numpy as np
 from numba import cuda, float64
 
-from ...cuda_kernels import SIMULATED, THREADS, blocks_for, fill_zero
+from ...cuda_kernels import SIMULATED, THREADS, blocks_for, device_array, fill_zero, kernel
 from . import cpu
 
 # Rows per chunk of a per-channel sum. Small on the simulator, so that small test shapes span several chunks
@@ -54,7 +54,7 @@ def _lane_sum(shared, value, tx, ty, tile, lanes):
     return shared[tx]
 
 
-@cuda.jit
+@kernel
 def _chunk_moments(x, step, partial):
     """partial[k] = (mean, sum of squared deviations from it) per channel over the rows of chunk k = block x."""
     shared = cuda.shared.array(THREADS, float64)
@@ -79,21 +79,21 @@ def _chunk_moments(x, step, partial):
         partial[k, 1, c] = squares
 
 
-@cuda.jit
+@kernel
 def _finish_statistics(partial, rows, step, momentum, eps, running_mean, running_var, mean, inv_std):
     c = cuda.grid(1)
     if c < mean.shape[0]:
         _channel_statistics(partial, rows, step, c, momentum, eps, running_mean, running_var, mean, inv_std)
 
 
-@cuda.jit
+@kernel
 def _finish_running_statistics(running_mean, running_var, eps, mean, inv_std):
     c = cuda.grid(1)
     if c < mean.shape[0]:
         _channel_running_statistics(running_mean, running_var, eps, c, mean, inv_std)
 
 
-@cuda.jit
+@kernel
 def _batchnorm_forward(x, mean, inv_std, weight, bias, out):
     i = cuda.grid(1)
     channels = x.shape[1]
@@ -102,7 +102,7 @@ def _batchnorm_forward(x, mean, inv_std, weight, bias, out):
         out[r, c] = (x[r, c] - mean[c]) * inv_std[c] * weight[c] + bias[c]
 
 
-@cuda.jit
+@kernel
 def _chunk_param_sums(x, dy, mean, inv_std, step, partial):
     """partial[k] = (sum of dy, sum of dy * x_hat) per channel over the rows of chunk k = block x; x_hat is
     computed exactly as the forward pass computed it."""
@@ -124,14 +124,14 @@ def _chunk_param_sums(x, dy, mean, inv_std, step, partial):
         partial[k, 1, c] = sum_dy_x_hat
 
 
-@cuda.jit
+@kernel
 def _finish_param_sums(partial, dweight, dbias):
     c = cuda.grid(1)
     if c < dbias.shape[0]:
         _channel_param_sums(partial, c, dweight, dbias)
 
 
-@cuda.jit
+@kernel
 def _batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, inv_rows, dx):
     i = cuda.grid(1)
     channels = x.shape[1]
@@ -203,5 +203,5 @@ def _scratch(shape):
     """A float64 device array of ``shape`` kept across calls (launches on one stream run in order, so the next
     call's kernels start only after this one's have read it)."""
     if shape not in _partials:
-        _partials[shape] = cuda.device_array(shape, dtype=np.float64)
+        _partials[shape] = device_array(shape, np.float64)
     return _partials[shape]

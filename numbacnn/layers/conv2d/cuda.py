@@ -3,7 +3,7 @@
 With M = N * OH * OW output positions and R = KH * KW * C weights per filter:
 
 - forward:          out (M, F)          = X_col (M, R) @ W (R, F) + b
-- input gradient:   dx (N * H * W, C)   = DY_col (N * H * W, KH * KW * F) @ W_t (KH * KW * F, C)
+- input gradient:   dx (N * H * W, C)   = DY_col (N * H * W, KH * KW * F) @ W_t (KH * KW * F, C), W_t read from W
 - weight gradient:  [dW; db] (R + 1, F) = [X_col^T; ones] (R + 1, M) @ DY (M, F), split over M in chunks
 
 No im2col matrix is ever stored: the index maps below turn a matrix position into a position in x or dy, or
@@ -13,7 +13,6 @@ into ZERO where the filter hangs over the padding. ``geometry`` is the tuple mad
 from numba import cuda
 
 from ...cuda_kernels import ONE, ZERO, flat, launch_product, partial_sums, product_kernel, sum_chunks
-from ...cuda_kernels import transpose_last  # noqa: F401  (re-exported kernels)
 
 # Positions in the geometry tuple.
 N, H, W, C, OH, OW, KH, KW, F, SH, SW, TOP, LEFT = range(13)
@@ -62,9 +61,11 @@ def _row_major_f(g, k, f):
 
 
 @cuda.jit(device=True)
-def _row_major_c(g, k, c):
-    """Row k, column c of a matrix C wide: W_t (KH * KW * F, C)."""
-    return k * g[C] + c
+def _w_t(g, k, c):
+    """W_t[k, c] for k = (kh, kw, f): w[kh, kw, c, f], read in place (no transposed copy to make each step)."""
+    f = k % g[F]
+    tap = k // g[F]  # kh * KW + kw
+    return (tap * g[C] + c) * g[F] + f
 
 
 @cuda.jit(device=True)
@@ -96,13 +97,14 @@ def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
     launch_product(kernel, flat(x), flat(w), b, out.reshape((1, m, f)), m, f, r, g)
 
 
-def conv2d_backward_input(dy, w_t, stride_h, stride_w, pad_top, pad_left, dx):
-    """dx[n, ih, iw, c] = sum of dy[n, oh, ow, f] * w[kh, kw, c, f]; ``w_t`` is w as (KH, KW, F, C)."""
-    kh, kw, f, c = w_t.shape
-    g = _geometry(dx.shape, (kh, kw, c, f), dy.shape[1:3], stride_h, stride_w, pad_top, pad_left)
+def conv2d_backward_input(dy, w, stride_h, stride_w, pad_top, pad_left, dx):
+    """dx[n, ih, iw, c] = sum of dy[n, oh, ow, f] * w[kh, kw, c, f]."""
+    kh, kw, c, f = w.shape
+    g = _geometry(dx.shape, w.shape, dy.shape[1:3], stride_h, stride_w, pad_top, pad_left)
     p = g[N] * g[H] * g[W]
-    kernel = product_kernel(_dy_col, _row_major_c, True, True, False, dx.dtype)
-    launch_product(kernel, flat(dy), flat(w_t), None, dx.reshape((1, p, c)), p, c, kh * kw * f, g)
+    # W_t's consecutive k (filters f) are neighbours in w: its tiles are loaded along k.
+    kernel = product_kernel(_dy_col, _w_t, True, False, False, dx.dtype)
+    launch_product(kernel, flat(dy), flat(w), None, dx.reshape((1, p, c)), p, c, kh * kw * f, g)
 
 
 def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=None):
@@ -110,14 +112,14 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
     geometry = (stride_h, stride_w, pad_top, pad_left)
     conv2d_backward_params(x, dy, *geometry, dw, db)
     if dx is not None:
-        conv2d_backward_input(dy, transpose_last(w), *geometry, dx)
+        conv2d_backward_input(dy, w, *geometry, dx)
 
 
 def conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_left, dw, db):
     """dw and db summed over the batch, through partial sums (chunks, R + 1, F) added in a fixed order."""
     g = _geometry(x.shape, dw.shape, dy.shape[1:3], stride_h, stride_w, pad_top, pad_left)
     m, r, f = g[N] * g[OH] * g[OW], g[KH] * g[KW] * g[C], g[F]
-    partial = partial_sums(g[N], r + 1, f, dw.dtype)
+    partial = partial_sums(m, r + 1, f, dw.dtype)
     kernel = product_kernel(_x_col_transposed_with_ones, _row_major_f, False, True, False, dw.dtype)
     launch_product(kernel, flat(x), flat(dy), None, partial, r + 1, f, m, g)
     sum_chunks(partial, dw.reshape((r, f)), db)

@@ -30,14 +30,18 @@ class Dropout(Layer):
         if not training or self.rate == 0:
             self._mask = None
             return x
-        self._mask = self.kernels.dropout_mask(self._rng, x.shape, self.rate, self.dtype, self.device)
+        # In a data-parallel run the mask is drawn for the whole batch and each process keeps its rows, so
+        # every example gets the mask it gets in a one-process run. The mask itself on the CPU; on the GPU
+        # the seeds it is made from, inside the kernel that applies it.
+        self._first, total = self.batch_part or (0, x.shape[0])
+        self._mask = self.kernels.draw_mask(self._rng, (total, *x.shape[1:]), self.rate, self.dtype, self.device)
         out = self.result("out", x.shape)
-        self.kernels.multiply(x.reshape(-1), self._mask.reshape(-1), out.reshape(-1))
+        self.kernels.apply_mask(x, self._mask, self._first, self.rate, out)
         return out
 
     def backward(self, dy):
         if self._mask is None:
             return dy
         dx = self.result("dx", dy.shape)
-        self.kernels.multiply(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
+        self.kernels.apply_mask(dy, self._mask, self._first, self.rate, dx)
         return dx

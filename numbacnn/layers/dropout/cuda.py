@@ -1,16 +1,17 @@
 """Dropout on the GPU: the mask holds 0 for a dropped input and 1 / (1 - rate) for a kept one.
 
-The mask is made on the device, not drawn on the host and copied over: each element hashes its own index
-with two 32-bit seeds taken from the layer's generator, and is kept when the hash reaches a threshold. That
-costs no host work and no transfer per step, and it stays deterministic: the same seed gives the same masks
-on any GPU and in the simulator. The masks are not those the CPU draws (a different generator), only their
-distribution is the same.
+The mask is made on the device, inside the multiply that applies it, not drawn on the host and copied over:
+each element hashes its own index with two 32-bit seeds taken from the layer's generator, and is kept when
+the hash reaches a threshold. That costs no host work, no transfer, no mask array and no extra launch per
+step, and it stays deterministic: the same seed gives the same masks on any GPU and in the simulator, and
+the backward pass makes the same mask again from the same seeds. The masks are not those the CPU draws (a
+different generator), only their distribution is the same.
 """
 
 import numpy as np
 from numba import cuda
 
-from ...cuda_kernels import THREADS, blocks_for, flat, zero_of
+from ...cuda_kernels import THREADS, blocks_for, flat, kernel, zero_of
 
 MASK32 = 0xFFFFFFFF
 
@@ -30,33 +31,25 @@ def mix32(x):
     return x
 
 
-@cuda.jit
-def _dropout_mask(mask, seed_a, seed_b, threshold, keep_value, zero):
-    i = cuda.grid(1)
-    if i < mask.size:
-        h = mix32(mix32((i & MASK32) ^ seed_a) ^ seed_b)
-        mask[i] = keep_value if h >= threshold else zero
-
-
-def dropout_mask(rng: np.random.Generator, shape, rate: float, dtype, device):
-    """A new device array of ``shape``: each element is kept (1 / (1 - rate)) with probability 1 - rate."""
-    dtype = np.dtype(dtype)
-    mask = device.empty(shape, dtype)
-    seed_a, seed_b = (int(s) for s in rng.integers(0, 2**32, size=2))
-    threshold = int(rate * 2**32)  # h is uniform on [0, 2 ** 32): P(h >= threshold) = 1 - rate
-    if mask.size:
-        _dropout_mask[blocks_for(mask.size), THREADS](
-            flat(mask), seed_a, seed_b, threshold, dtype.type(1.0 / (1.0 - rate)), zero_of(mask))
-    return mask
-
-
-@cuda.jit
-def _multiply(a, b, out):
+@kernel
+def _apply_mask(a, first, seed_a, seed_b, threshold, keep_value, zero, out):
     i = cuda.grid(1)
     if i < a.size:
-        out[i] = a[i] * b[i]
+        h = mix32(mix32(((first + i) & MASK32) ^ seed_a) ^ seed_b)
+        out[i] = a[i] * (keep_value if h >= threshold else zero)
 
 
-def multiply(a, b, out):
+def draw_mask(rng: np.random.Generator, shape, rate: float, dtype, device):
+    """What makes this step's mask: two 32-bit seeds from the layer's generator. The mask itself is never
+    stored; ``apply_mask`` makes each element where it is used, forward and backward alike."""
+    return tuple(int(s) for s in rng.integers(0, 2**32, size=2))
+
+
+def apply_mask(a, seeds, first: int, rate: float, out):
+    """out = a * mask, where ``a`` holds rows ``first``... of the batch the mask is for: element i of the
+    whole batch is kept (times 1 / (1 - rate)) when its hash reaches the threshold, with probability 1 - rate."""
     if a.size:
-        _multiply[blocks_for(a.size), THREADS](a, b, out)
+        threshold = int(rate * 2**32)  # h is uniform on [0, 2 ** 32): P(h >= threshold) = 1 - rate
+        offset = first * (a.size // a.shape[0])
+        _apply_mask[blocks_for(a.size), THREADS](
+            flat(a), offset, *seeds, threshold, out.dtype.type(1.0 / (1.0 - rate)), zero_of(out), flat(out))

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ...layer import Layer
 from ..pooling import Pool2D
 
 
@@ -10,14 +11,45 @@ class MaxPool2D(Pool2D):
 
     name = "maxpool2d"
 
-    def forward(self, x, *, training=False):
+    @property
+    def fuses_relu(self) -> bool:
+        """Whether its kernels can also do a ReLU that follows it (``forward(..., relu=True)``): the GPU's can,
+        where each launch saved counts; on the CPU a separate ReLU costs little."""
+        return getattr(self.kernels, "FUSES_RELU", False)
+
+    def forward(self, x, *, training=False, relu=False):
         out = self.result("out", (x.shape[0], *self.out_shape), training)
         argmax = self.buffer("argmax", out.shape, np.int32)
-        self.kernels.maxpool2d_forward(x, *self._window(), out, argmax)
+        fused = {"relu": True} if relu else {}
+        self.kernels.maxpool2d_forward(x, *self._window(), out, argmax, **fused)
         self._argmax = argmax if training else None
+        self._relu_out = out if training and relu else None
         return out
 
     def backward(self, dy):
         dx = self.result("dx", (dy.shape[0], *self.in_shape))
-        self.kernels.maxpool2d_backward(dy, self._argmax, dx)
+        fused = {"out": self._relu_out, "relu": True} if self._relu_out is not None else {}
+        self.kernels.maxpool2d_backward(dy, self._argmax, *self._window(), dx, **fused)
         return dx
+
+
+class MaxPoolThenReLU:
+    """Max pooling and the ReLU after it, run as one step of a model's run order (see ``block.run_order``):
+    one kernel each way instead of two. Both layers stay in the model as they were built; only the running
+    is shared."""
+
+    name = "maxpool2d+relu"
+
+    def __init__(self, pool: MaxPool2D, relu: Layer):
+        self.pool, self.relu = pool, relu
+        self.needs_input_grad = True
+        self.out_shape = pool.out_shape
+
+    def forward(self, x, *, training=False):
+        return self.pool.forward(x, training=training, relu=True)
+
+    def backward(self, dy):
+        return self.pool.backward(dy)
+
+    def __repr__(self) -> str:
+        return f"{self.pool!r} {self.relu!r}"

@@ -27,8 +27,9 @@ def maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
 
 
 @njit(parallel=True, cache=True)
-def maxpool2d_backward(dy, argmax, dx):
-    """Each output's gradient goes to the input that won its window (added up where windows overlap)."""
+def maxpool2d_backward(dy, argmax, size_h, size_w, stride_h, stride_w, dx):
+    """Each output's gradient goes to the input that won its window (added up where windows overlap). The
+    window is not needed here (argmax replaces it); the GPU twin, which gathers, needs it."""
     N, H, W, C = dx.shape
     OH, OW = dy.shape[1], dy.shape[2]
     for n in prange(N):

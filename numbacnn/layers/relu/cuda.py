@@ -2,17 +2,17 @@
 
 from numba import cuda
 
-from ...cuda_kernels import THREADS, blocks_for, zero_of
+from ...cuda_kernels import THREADS, blocks_for, kernel, zero_of
 
 
-@cuda.jit
+@kernel
 def _relu_forward(x, out, zero):
     i = cuda.grid(1)
     if i < x.size:
         out[i] = zero if x[i] <= zero else x[i]
 
 
-@cuda.jit
+@kernel
 def _relu_backward(y, dy, dx, zero):
     i = cuda.grid(1)
     if i < y.size:

@@ -2,10 +2,10 @@
 
 from numba import cuda
 
-from ...cuda_kernels import THREADS, blocks_for
+from ...cuda_kernels import THREADS, blocks_for, kernel
 
 
-@cuda.jit
+@kernel
 def _add(a, b, out):
     i = cuda.grid(1)
     if i < a.size:
