@@ -65,3 +65,22 @@ def test_the_sparse_path_without_an_input_gradient_still_fills_the_weights(monke
     dw, db = np.full_like(w, np.nan), np.empty(3)
     cpu.conv2d_backward(x, dy, w, 1, 1, 0, 0, dw, db, None)
     np.testing.assert_allclose(dw, reference(x, w, dy, 1, 0)[1], rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), height=st.integers(1, 9), width=st.integers(1, 9), kernel=st.integers(1, 5),
+       filters=st.integers(1, 33), pad=st.integers(0, 2), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16))
+def test_the_one_channel_forward_path_equals_the_direct_one_to_the_bit(n, height, width, kernel, filters, pad,
+                                                                        dtype, seed):
+    """A first layer's forward pass runs with the positions as its inner loop: the same sums in the same order."""
+    if kernel > height + 2 * pad or kernel > width + 2 * pad:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, height, width, 1)).astype(dtype)
+    w, b = rng.standard_normal((kernel, kernel, 1, filters)).astype(dtype), rng.standard_normal(filters).astype(dtype)
+    shape = (n, height + 2 * pad - kernel + 1, width + 2 * pad - kernel + 1, filters)
+    direct, one_channel = np.empty(shape, dtype), np.empty(shape, dtype)
+    cpu.conv2d_forward_direct(x, w, b, 1, 1, pad, pad, direct)
+    cpu.conv2d_forward_one_channel(x, w, b, pad, pad, one_channel)
+    np.testing.assert_array_equal(one_channel, direct)
