@@ -3,8 +3,11 @@
 #   1. which GPU and which numba / numba-cuda,
 #   2. tests/test_cuda.py (every CUDA kernel against its CPU twin), the batch-norm, block and augmentation
 #      kernels' tests and tests/test_device.py, on the real GPU,
-#   3. numbacnn bench --device cuda for keras-convnet at batch 128 and 512, and small-resnet at batch 128,
-#   4. one epoch of numbacnn train --device cuda, when MNIST is found.
+#   3. numbacnn bench --device cuda for keras-convnet at batch 128 and 512, and small-resnet at batch 128:
+#      per-layer times, and per training step the kernel launches, device allocations, host-device transfers
+#      and microseconds beside PyTorch with cuDNN (when PyTorch is installed),
+#   4. the start of a run twice in fresh processes: the second loads the compiled kernels from the cache,
+#   5. one epoch of numbacnn train --device cuda, when MNIST is found.
 # Every step's output goes to $OUT/<step>.log (or ./gpu-check-out), and a summary with exit codes to
 # $OUT/summary.txt. Needs numba, numba-cuda, numpy, pytest, hypothesis, typer, rich and threadpoolctl; for a
 # machine without them, give WHEELHOUSE=<folder of wheels> (pip download them elsewhere) to install offline.
@@ -52,7 +55,7 @@ if ! "$PY" -c "$registered" 2>/dev/null; then
 fi
 
 # -rs: a skipped test_cuda.py here means numba found no GPU, and says why.
-step test_cuda 200 "$PY" -m pytest tests/test_cuda.py tests/test_batchnorm.py tests/test_blocks.py \
+step test_cuda 200 "$PY" -m pytest tests/test_cuda.py tests/test_cuda_step.py tests/test_batchnorm.py tests/test_blocks.py \
     tests/test_augment.py tests/test_device.py -q -rs -p no:cacheprovider --durations=5 -k "cuda or devices or device"
 
 numbacnn=("$PY" -c "from numbacnn.cli import main; main()")
@@ -60,6 +63,15 @@ for batch in 128 512; do
     step "bench_$batch" 75 "${numbacnn[@]}" bench --device cuda --model keras-convnet --batch-size "$batch"
 done
 step bench_small_resnet 75 "${numbacnn[@]}" bench --device cuda --model small-resnet --batch-size 128
+grep -h "A training step" "$OUT"/bench_*.log | tee -a "$OUT/summary.txt"
+
+# The first process compiles the kernels and caches them; the second should start in a fraction of the time.
+first_steps='import time; t = time.perf_counter(); from numbacnn.bench import run_bench; from numbacnn.presets import PRESETS
+run_bench(PRESETS["keras-convnet"], batch_size=128, steps=1, repeats=1, device="cuda", with_torch=False)
+print(f"model built, timed and trained a few steps in {time.perf_counter() - t:.1f} s")'
+step start_compiling 120 "$PY" -c "$first_steps"
+step start_cached 120 "$PY" -c "$first_steps"
+grep -h "model built" "$OUT"/start_*.log | tee -a "$OUT/summary.txt"
 
 data="${NUMBACNN_DATA_DIR:-}"
 for candidate in shared/datasets ../shared/datasets .; do  # "." : mnist/ carried into the checkout

@@ -12,9 +12,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .layers.maxpool2d import MaxPoolThenReLU
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import Adam
+from .train import DeviceSteps, RunState
 
 
 def median_seconds(fn: Callable[[], None], *, steps: int, repeats: int, sync: Callable[[], None]) -> float:
@@ -49,6 +51,8 @@ def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int
     }
     step = _train_step(model, x, labels)
     report["train_images_per_s"] = batch_size / median_seconds(step, **timing)
+    if device == "cuda":
+        report["per_step"] = counts_per_step(step)
     report["inference_images_per_s"] = batch_size / median_seconds(lambda: model.forward(x), **timing)
     if with_torch:
         report["torch"] = torch_bench(model, batch_size, device=device, steps=steps, repeats=repeats, seed=seed)
@@ -66,6 +70,15 @@ TIMING_LR = 1e-9
 
 def _train_step(model: Sequential, x, labels) -> Callable[[], None]:
     loss_fn, optimizer = SoftmaxCrossEntropy(model.device), Adam(lr=TIMING_LR)
+    if model.device.name == "cuda":  # the step ``fit`` takes on one GPU, which reads nothing back
+        on_device = DeviceSteps(model, x, labels, len(labels))
+        on_device.start_epoch(np.arange(len(labels)), RunState())
+
+        def gpu_step():
+            on_device.forward_backward(model, loss_fn, 0, None, 0, 0)
+            optimizer.step(model)
+
+        return gpu_step
 
     def step():
         _, dlogits, _ = loss_fn(model.forward(x, training=True), labels)
@@ -75,18 +88,39 @@ def _train_step(model: Sequential, x, labels) -> Callable[[], None]:
     return step
 
 
+def counts_per_step(step: Callable[[], None], steps: int = 3) -> dict[str, float]:
+    """The kernel launches, device allocations and host-device transfers that numbacnn makes per call of
+    ``step`` (a training step on the GPU), after a first call that warms up."""
+    from .device import CUDA_COUNTS
+
+    step()
+    before = CUDA_COUNTS.snapshot()
+    for _ in range(steps):
+        step()
+    made = CUDA_COUNTS - before
+    return {what: getattr(made, what) / steps for what in ("launches", "allocations", "transfers")}
+
+
 def _layer_times(model: Sequential, x, labels, timing) -> list[dict[str, Any]]:
     """Forward and backward time of each layer, on the activations and gradients a real training step gives
     it (the gradients matter: behind ReLU and max pooling most are zero, which the kernels exploit)."""
     inputs, dys = _one_training_step(model, x, labels)
     rows = {}
-    for position, (layer, x_in, dy) in enumerate(zip(model.execution_order, inputs, dys)):
+    written_next = dict(zip(map(id, model.layers), model.layers[1:]))
+    for layer, x_in, dy in zip(model.execution_order, inputs, dys):
         forward_s = median_seconds(lambda: layer.forward(x_in, training=True), **timing)
         both_s = median_seconds(lambda: (layer.forward(x_in, training=True), layer.backward(dy)), **timing)
         # Listed as the summary lists them; a relu that runs after its max pooling says so.
-        moved = " (runs after the pooling)" if layer is not model.layers[position] else ""
-        rows[id(layer)] = {"layer": repr(layer) + moved, "out_shape": list(layer.out_shape),
-                           "forward_ms": forward_s * 1e3, "backward_ms": max(both_s - forward_s, 0.0) * 1e3}
+        after = getattr(written_next.get(id(layer)), "name", "")
+        moved = " (runs after the pooling)" if layer.name == "relu" and after == "maxpool2d" else ""
+        row = {"layer": repr(layer) + moved, "out_shape": list(layer.out_shape),
+               "forward_ms": forward_s * 1e3, "backward_ms": max(both_s - forward_s, 0.0) * 1e3}
+        if isinstance(layer, MaxPoolThenReLU):  # one kernel each way does both: the pooling's row has the time
+            rows[id(layer.pool)] = {**row, "layer": f"{layer.pool!r} (with the relu after it)"}
+            rows[id(layer.relu)] = {"layer": f"{layer.relu!r} (done by the pooling)",
+                                    "out_shape": list(layer.relu.out_shape), "forward_ms": 0.0, "backward_ms": 0.0}
+        else:
+            rows[id(layer)] = row
     return [rows[id(layer)] for layer in model.layers]
 
 
@@ -201,5 +235,12 @@ def print_report(report: dict[str, Any], console) -> None:
         totals.add_row(f"{kind} step", f"{mine:,.0f}", f"{theirs:,.0f}" if theirs else "-",
                        f"{mine / theirs:.2f}x" if theirs else "-")
     console.print(totals)
+    if "per_step" in report:
+        made = report["per_step"]
+        step_us = 1e6 * report["batch_size"] / report["train_images_per_s"]
+        theirs = torch.get("train_images_per_s")
+        beside = f" (PyTorch with cuDNN: {1e6 * report['batch_size'] / theirs:,.0f} us)" if theirs else ""
+        console.print(f"A training step: {made['launches']:g} kernel launches, {made['allocations']:g} device "
+                      f"allocations, {made['transfers']:g} host-device transfers; {step_us:,.0f} us{beside}.")
     if "skipped" in torch:
         console.print(f"PyTorch: {escape(torch['skipped'])}")

@@ -195,7 +195,10 @@ def train(
     from .outputs import RunOutputs
 
     _set_threads(threads)
-    if device == DeviceName.cuda:
+    if device == DeviceName.cuda and distributed.current().size > 1:
+        from .device import get_device
+
+        get_device("cuda")  # no usable GPU: one sentence here, before choosing among them
         distributed.pick_gpu(distributed.current())
     given = {"-m": model, "--layers": layers, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
              "--optimizer": optimizer, "--lr": lr, "--schedule": schedule, "--augment": augment,

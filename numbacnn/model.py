@@ -193,7 +193,7 @@ class Sequential:
 
     def weights_are_finite(self) -> bool:
         """False as soon as one parameter is NaN or infinite (a diverged run)."""
-        return all(np.isfinite(self.device.to_host(p)).all() for p, _ in self.parameters())
+        return bool(np.isfinite(self.device.to_host(self.flat_params)).all())
 
     def check_memory(self, batch_size: int, optimizer_slots: int = 2) -> None:
         """A ``ShapeError`` naming the largest layer when training at ``batch_size`` would need more memory

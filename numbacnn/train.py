@@ -128,7 +128,8 @@ def fit(
     """Trains ``model`` (built) on prepared ``images`` and integer ``labels``; returns the epochs it ran.
 
     The data is copied to the model's device once; per batch only the loss and the count of right answers
-    come back. ``schedule`` is "cosine" (from the optimiser's learning rate down to zero along half a cosine
+    come back (on one GPU not even those: they are summed there, and read to be shown and at the end of an
+    epoch, when a diverged loss is also noticed). ``schedule`` is "cosine" (from the optimiser's learning rate down to zero along half a cosine
     over the whole run, as ``numbacnn train`` does), "constant", or "onecycle" (up to the optimiser's
     learning rate over the first fifth of the run, then down to zero).
     ``validation``: prepared (images, labels) scored after every epoch; the best epoch and ``stop_at`` (end
@@ -159,6 +160,8 @@ def fit(
     lr_at = learning_rate_schedule(schedule, optimizer.base_lr, epochs * batches)
     run = run if run is not None else RunState()
     group = group or distributed.current()
+    # One GPU trains without waiting for it: the step's loss and right answers stay there (see DeviceSteps).
+    on_device = DeviceSteps(model, x_all, labels, batch_size) if device.name == "cuda" and group.size == 1 else None
     # Guessing evenly among K classes costs ln K; a thousand times that only comes from weights that blew up.
     diverged_loss = 1000 * math.log(max(model.output_shape[0], 2))
     results = []
@@ -170,11 +173,26 @@ def fit(
             epoch, order = run.epoch, epoch_order(seed, run.epoch, n)
             start, first = time.perf_counter(), run.batches_done
             stop = group.any(stop_requested())  # every process stops after the same step
+            if on_device is not None:
+                on_device.start_epoch(order, run)
             for b in range(first, batches):
                 if stop:
+                    if on_device is not None:
+                        on_device.read(run)
                     raise TrainingInterrupted(run)
                 step = (epoch - 1) * batches + b
                 optimizer.lr = lr_at(step)
+                if on_device is not None:
+                    on_device.forward_backward(model, loss_fn, b, augment, seed, step)
+                    optimizer.step(model)
+                    run.batches_done, stop = b + 1, stop_requested()
+                    # Read only when there is something to show, and at the end of the epoch.
+                    if b + 1 == batches or (on_batch and on_device.due()):
+                        recent = on_device.read(run)
+                        if not recent <= diverged_loss:  # NaN fails every comparison
+                            raise TrainingDiverged(_diverged(f"the loss became {recent:.4g}", epoch, b + 1, optimizer))
+                        _report_batch(on_batch, run, epoch, batches, n, batch_size, first, start)
+                    continue
                 idx = order[b * batch_size:(b + 1) * batch_size]
                 part, stop_row = group.part(len(idx))
                 mine = idx[part:stop_row]
@@ -189,10 +207,7 @@ def fit(
                 run.loss_sum += loss_sum
                 run.correct += int(right)
                 run.batches_done = b + 1
-                if on_batch:
-                    seen = min(n, run.batches_done * batch_size)
-                    speed = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)
-                    on_batch(BatchStats(epoch, b + 1, batches, run.loss_sum / seen, run.correct / seen, speed))
+                _report_batch(on_batch, run, epoch, batches, n, batch_size, first, start)
             device.synchronize()
             seconds = time.perf_counter() - start
             if not model.weights_are_finite():
@@ -228,6 +243,65 @@ def _forward_backward(model: Sequential, loss_fn, x, labels, augment, seed: int,
     loss, dlogits, right = loss_fn(model.forward(x, training=True), labels)
     model.backward(dlogits)
     return loss, right
+
+
+def _report_batch(on_batch, run: RunState, epoch: int, batches: int, n: int, batch_size: int, first: int,
+                  start: float) -> None:
+    """Hands the running figures of the epoch to ``on_batch``, when there is one; ``first`` is the batch the
+    epoch (or its resumed part) started from, at ``start`` on the performance clock."""
+    if on_batch:
+        seen = min(n, run.batches_done * batch_size)
+        speed = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)
+        on_batch(BatchStats(epoch, run.batches_done, batches, run.loss_sum / seen, run.correct / seen, speed))
+
+
+class DeviceSteps:
+    """Training steps on one GPU that never wait for it, so the host queues the next launches while the GPU
+    works: the labels go over once, each epoch's order once, every batch is gathered on the device into the
+    same two arrays (images, one-hot labels), and the loss and right answers are summed there. The host reads
+    the sums only to show them, at most every ``READ_EVERY`` seconds, and at the end of an epoch."""
+
+    READ_EVERY = 0.3
+
+    def __init__(self, model: Sequential, images, labels: np.ndarray, batch_size: int):
+        from .cuda_kernels import gather_batch
+
+        classes = model.output_shape[0]
+        if labels.size and labels.min() < 0:
+            raise SpecError(f"Labels must be class numbers from 0 to {classes - 1}; found {labels.min()}.")
+        self.gather_batch, self.device, self.images, self.batch_size = gather_batch, model.device, images, batch_size
+        self.labels = self.device.to_device(np.asarray(labels, dtype=np.int32))
+        self.x = self.device.empty((batch_size, *model.input_shape), model.dtype)
+        self.targets = self.device.empty((batch_size, classes), model.dtype)
+
+    def start_epoch(self, order: np.ndarray, run: RunState) -> None:
+        """Sends the epoch's order, and the sums so far (a resumed epoch has some), to the device."""
+        self.order = self.device.to_device(order.astype(np.int32))
+        self.totals = self.device.to_device(np.array([run.loss_sum, run.correct], np.float64))
+        self.read_at, self.loss_read, self.seen_read = time.perf_counter(), run.loss_sum, run.batches_done * self.batch_size
+
+    def forward_backward(self, model: Sequential, loss_fn, b: int, augment, seed: int, step: int) -> None:
+        """Batch ``b`` of the epoch forward and backward, leaving the gradients in the model."""
+        begin = b * self.batch_size
+        rows = min(self.batch_size, len(self.labels) - begin)
+        x, targets = self.x[:rows], self.targets[:rows]
+        self.gather_batch(self.images, self.labels, self.order, begin, x, targets)
+        if augment is not None:
+            x = augment.apply(x, seed, step, self.device)
+        model.backward(loss_fn.accumulate(model.forward(x, training=True), targets, self.totals))
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.read_at >= self.READ_EVERY
+
+    def read(self, run: RunState) -> float:
+        """Brings ``run.loss_sum`` and ``run.correct`` up to date (waiting for the GPU); returns the mean loss
+        of the images added since the last read."""
+        run.loss_sum, correct = (float(v) for v in self.device.to_host(self.totals))
+        run.correct = int(correct)
+        seen = min(len(self.labels), run.batches_done * self.batch_size)
+        recent = (run.loss_sum - self.loss_read) / max(seen - self.seen_read, 1)
+        self.read_at, self.loss_read, self.seen_read = time.perf_counter(), run.loss_sum, seen
+        return recent
 
 
 def _judge(run: RunState, result: EpochResult) -> None:

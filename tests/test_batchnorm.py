@@ -89,9 +89,12 @@ def reference_backward(x, dy, weight, eps):
 # -- the conformance kit ----------------------------------------------------------------------------------
 
 # No momentum near 0 here: the kit's state check wants 3 training steps to move the running statistics.
+# No eps below 1e-3 either: with a batch of 2, two close values of a feature and a tiny eps make 1 / std so
+# large that float32 cannot match float64 within the kit's tolerance (the layer is right; the problem is
+# ill-conditioned). The defaults, eps 1e-5, are checked against PyTorch below, in float32 too.
 hyper = st.fixed_dictionaries({
     "momentum": st.one_of(st.sampled_from([0.1, 1.0]), st.floats(0.01, 1.0)),
-    "eps": st.floats(1e-6, 0.1),
+    "eps": st.floats(1e-3, 0.1),
 })
 common = dict(hyper=hyper, batch_size=st.integers(2, 4), reference=reference_inference,
               training_reference=reference_training, state_updates=True)

@@ -123,6 +123,7 @@ def test_conv2d_matches_cpu(case, seed):
 @KERNEL_SETTINGS
 @given(n=st.integers(1, 11), d=st.integers(1, 19), u=st.integers(1, 11), dtype=DTYPES, seed=st.integers(0, 2**16))
 @example(n=1, d=1, u=1, dtype=np.float32, seed=0)
+@example(n=2, d=40, u=3, dtype=np.float32, seed=0)  # more column tiles than row tiles: those go on grid x
 def test_dense_matches_cpu(n, d, u, dtype, seed):
     rng = np.random.default_rng(seed)
     x, w, b = normal(rng, (n, d), dtype), normal(rng, (d, u), dtype), normal(rng, u, dtype)
@@ -203,15 +204,26 @@ def test_maxpool2d_matches_cpu(case, seed):
     out, argmax = np.empty(out_shape, dtype), np.empty(out_shape, np.int32)
     maxpool_cpu.maxpool2d_forward(x, *window, out, argmax)
     dx = np.empty_like(x)
-    maxpool_cpu.maxpool2d_backward(dy, argmax, dx)
+    maxpool_cpu.maxpool2d_backward(dy, argmax, *window, dx)
 
     (x_d, dy_d), out_d, argmax_d = on_gpu(x, dy), empty_gpu(out_shape, dtype), empty_gpu(out_shape, np.int32)
     maxpool_cuda.maxpool2d_forward(x_d, *window, out_d, argmax_d)
     dx_d = empty_gpu(x_shape, dtype)
-    maxpool_cuda.maxpool2d_backward(dy_d, argmax_d, dx_d)
+    maxpool_cuda.maxpool2d_backward(dy_d, argmax_d, *window, dx_d)
     np.testing.assert_array_equal(GPU.to_host(out_d), out)
     np.testing.assert_array_equal(GPU.to_host(argmax_d), argmax)
     np.testing.assert_array_equal(GPU.to_host(dx_d), dx)  # same additions in the same order
+
+    # With the ReLU that follows the pooling done by the same kernels: what the CPU's pooling and then its
+    # ReLU give, to the bit.
+    relu_out, relu_dy = np.empty_like(out), np.empty_like(dy)
+    relu_cpu.relu_forward(out.reshape(-1), relu_out.reshape(-1))
+    relu_cpu.relu_backward(relu_out.reshape(-1), dy.reshape(-1), relu_dy.reshape(-1))
+    maxpool_cpu.maxpool2d_backward(relu_dy, argmax, *window, dx)
+    maxpool_cuda.maxpool2d_forward(x_d, *window, out_d, argmax_d, relu=True)
+    maxpool_cuda.maxpool2d_backward(dy_d, argmax_d, *window, dx_d, out=out_d, relu=True)
+    np.testing.assert_array_equal(GPU.to_host(out_d), relu_out)
+    np.testing.assert_array_equal(GPU.to_host(dx_d), dx)
 
 
 @KERNEL_SETTINGS
@@ -251,25 +263,43 @@ def mix32(x: np.ndarray) -> np.ndarray:
 
 
 def reference_mask(seed: int, size: int, rate: float, dtype) -> np.ndarray:
-    """The mask ``dropout_mask`` should make for a generator seeded with ``seed``."""
+    """The mask ``apply_mask`` should apply for a generator seeded with ``seed``."""
     seed_a, seed_b = (np.uint64(s) for s in np.random.default_rng(seed).integers(0, 2**32, size=2))
     hashes = mix32(mix32(np.arange(size, dtype=np.uint64) ^ seed_a) ^ seed_b)
     keep = hashes >= np.uint64(int(rate * 2**32))
     return np.where(keep, np.dtype(dtype).type(1.0 / (1.0 - rate)), np.dtype(dtype).type(0))
 
 
+def mask_of(seeds, shape, rate: float, dtype, first: int = 0) -> np.ndarray:
+    """The mask the GPU makes from ``seeds`` for rows ``first``... of a batch of ``shape``, applied to ones."""
+    ones = GPU.to_device(np.ones((shape[0] - first, *shape[1:]), dtype))
+    out = empty_gpu(ones.shape, dtype)
+    dropout_cuda.apply_mask(ones, seeds, first, rate, out)
+    return GPU.to_host(out)
+
+
+def gpu_mask(seed: int, shape, rate: float, dtype, first: int = 0) -> np.ndarray:
+    """The mask the GPU applies for a generator seeded with ``seed``."""
+    seeds = dropout_cuda.draw_mask(np.random.default_rng(seed), shape, rate, np.dtype(dtype), GPU)
+    return mask_of(seeds, shape, rate, dtype, first)
+
+
 @settings(max_examples=5, deadline=None)
 @given(shape=st.sampled_from([(1,), (3, 7), (2, 3, 3, 2)]), rate=st.sampled_from([0.1, 0.5, 0.9]),
        dtype=DTYPES, seed=st.integers(0, 2**32))
 def test_dropout_mask_is_the_documented_hash(shape, rate, dtype, seed):
-    mask = dropout_cuda.dropout_mask(np.random.default_rng(seed), shape, rate, np.dtype(dtype), GPU)
+    mask = gpu_mask(seed, shape, rate, dtype)
     assert mask.shape == shape and mask.dtype == dtype
-    np.testing.assert_array_equal(GPU.to_host(mask).reshape(-1), reference_mask(seed, int(np.prod(shape)), rate, dtype))
+    expected = reference_mask(seed, int(np.prod(shape)), rate, dtype)
+    np.testing.assert_array_equal(mask.reshape(-1), expected)
+    # A process that holds rows 1... of the batch applies the same mask to them.
+    np.testing.assert_array_equal(gpu_mask(seed, shape, rate, dtype, first=1).reshape(-1),
+                                  expected[int(np.prod(shape[1:])):])
 
 
 def test_dropout_mask_keeps_about_one_minus_rate():
     rate = 0.3
-    mask = GPU.to_host(dropout_cuda.dropout_mask(np.random.default_rng(7), (40, 50), rate, np.dtype(np.float32), GPU))
+    mask = gpu_mask(7, (40, 50), rate, np.float32)
     assert set(np.unique(mask)) <= {0.0, np.float32(1 / (1 - rate))}
     assert abs((mask > 0).mean() - (1 - rate)) < 0.04  # 2,000 draws: about 4 standard deviations
 
@@ -281,7 +311,7 @@ def test_dropout_layer_uses_one_mask_forward_and_backward():
     x, dy = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
     out = GPU.to_host(layer.forward(GPU.to_device(x), training=True))
     dx = GPU.to_host(layer.backward(GPU.to_device(dy)))
-    mask = GPU.to_host(layer._mask)
+    mask = mask_of(layer._mask, x.shape, 0.5, np.float64)  # the seeds the mask is made from
     np.testing.assert_array_equal(out, x * mask)
     np.testing.assert_array_equal(dx, dy * mask)
     np.testing.assert_array_equal(GPU.to_host(layer.forward(GPU.to_device(x), training=False)), x)
@@ -337,10 +367,8 @@ def test_optimizer_updates_match_cpu(size, dtype, seed):
 
 @settings(max_examples=6, deadline=None)
 @given(shape=st.sampled_from([(1, 1), (3, 5), (2, 1, 4), (2, 3, 2, 5)]), dtype=DTYPES)
-def test_transpose_last_and_fill_zero(shape, dtype):
-    w = np.arange(np.prod(shape), dtype=dtype).reshape(shape)
-    w_d = GPU.to_device(w)
-    np.testing.assert_array_equal(GPU.to_host(cuda_kernels.transpose_last(w_d)), np.swapaxes(w, -1, -2))
+def test_fill_zero(shape, dtype):
+    w_d = GPU.to_device(np.arange(np.prod(shape), dtype=dtype).reshape(shape))
     cuda_kernels.fill_zero(w_d)
     np.testing.assert_array_equal(GPU.to_host(w_d), np.zeros(shape, dtype))
     np.testing.assert_array_equal(GPU.to_host(GPU.zeros(shape, dtype)), np.zeros(shape, dtype))
@@ -361,6 +389,32 @@ def test_take_gathers_rows_on_the_device(rows, row_shape, data):
 def test_take_refuses_an_index_out_of_range():
     with pytest.raises(IndexError):
         GPU.take(GPU.to_device(np.zeros((3, 2))), np.array([0, 3]))
+
+
+@pytest.mark.parametrize("image_shape, classes", [((2, 3, 1), 4), ((1, 1, 1), 5)])  # fewer pixels than classes too
+def test_gather_batch_takes_images_and_one_hot_labels_in_the_epoch_order(image_shape, classes):
+    rng = np.random.default_rng(0)
+    images = rng.random((7, *image_shape)).astype(np.float32)
+    labels, order = rng.integers(0, classes, 7).astype(np.int32), rng.permutation(7).astype(np.int32)
+    x_d, targets_d = empty_gpu((3, *image_shape), np.float32), empty_gpu((3, classes), np.float32)
+    cuda_kernels.gather_batch(*on_gpu(images, labels, order), 4, x_d, targets_d)
+    np.testing.assert_array_equal(GPU.to_host(x_d), images[order[4:7]])
+    np.testing.assert_array_equal(GPU.to_host(targets_d), np.eye(classes, dtype=np.float32)[labels[order[4:7]]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_sums_on_the_device_as_the_cpu_does(dtype):
+    rng = np.random.default_rng(3)
+    totals, totals_d = np.array([1.5, 2.0]), GPU.to_device(np.array([1.5, 2.0]))  # sums so far, added to
+    for n in (5, 130):
+        logits = (rng.normal(size=(n, 10)) * 5).astype(dtype)
+        targets = np.eye(10, dtype=dtype)[rng.integers(0, 10, n)]
+        dlogits = np.empty_like(logits)
+        loss_cpu.softmax_cross_entropy_sum(logits, targets, dlogits, totals)
+        dlogits_d = empty_gpu((n, 10), dtype)
+        loss_cuda.softmax_cross_entropy_sum(*on_gpu(logits, targets), dlogits_d, totals_d)
+        assert_close(dlogits_d, dlogits, dtype)
+    np.testing.assert_allclose(GPU.to_host(totals_d), totals, rtol=1e-6 if dtype == np.float32 else 1e-12)
 
 
 # -- whole models ---------------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Every CUDA kernel against its CPU twin, and the conformance kit's cpu-vs-cuda check of every layer,
+# Every CUDA kernel against its CPU twin, what a training step asks of the GPU, and the conformance kit's cpu-vs-cuda check of every layer,
 # built-in and (when installed) from the contrib plug-in, and the augmentation, batch normalisation and
 # residual block kernels against their CPU twins.
-SIMULATED = ["tests/test_cuda.py", "tests/test_layers.py", "tests/test_augment.py", "tests/test_batchnorm.py",
-             "tests/test_blocks.py", "tests/test_kit_state.py"]
+SIMULATED = ["tests/test_cuda.py", "tests/test_cuda_step.py", "tests/test_layers.py", "tests/test_augment.py",
+             "tests/test_batchnorm.py", "tests/test_blocks.py", "tests/test_kit_state.py"]
 CONTRIB_TESTS = "plugins/numbacnn-contrib/tests"
 
 

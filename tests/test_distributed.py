@@ -74,7 +74,7 @@ def test_two_processes_hold_the_same_weights_as_one(tmp_path, datasets_dir, spec
     script = _script(tmp_path)
     two = _run([MPIEXEC, "-n", 2, sys.executable, script, spec, "cpu", tmp_path / "two", datasets_dir])
     assert two.returncode == 0, two.stderr
-    assert two.stdout.count("processes 2") == 2
+    assert two.stdout.count("processes") == 2 and "1" not in two.stdout  # both report 2 (lines may interleave)
     one = _run([sys.executable, script, spec, "cpu", tmp_path / "one", datasets_dir])
     assert one.returncode == 0, one.stderr
     rank0, rank1, alone = (_arrays(tmp_path / name) for name in ("two.0.npz", "two.1.npz", "one.0.npz"))

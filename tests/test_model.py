@@ -161,11 +161,14 @@ def test_bad_labels_raise_shape_error(labels):
 
 
 class Params:
-    """Just enough of a model for an optimiser: a device and (param, grad) pairs."""
+    """Just enough of a model for an optimiser: a device, one (param, grad) pair, and both as the flat arrays
+    the optimiser updates in one call."""
 
     def __init__(self, pairs):
         self.device = get_device("cpu")
         self.pairs = pairs
+        ((param, grad),) = pairs
+        self.flat_params, self.flat_grads = param.reshape(-1), grad.reshape(-1)
 
     def parameters(self):
         return self.pairs

@@ -33,7 +33,8 @@ class Optimizer:
         self.steps += 1
         kernels = importlib.import_module(f"{__name__}.{model.device.name}")
         if self._moments is None:
-            self._moments = tuple(model.device.zeros(model.flat_params.size, model.dtype) for _ in range(self.slots))
+            flat = model.flat_params
+            self._moments = tuple(model.device.zeros(flat.size, flat.dtype) for _ in range(self.slots))
         self.update(kernels, model.flat_params, model.flat_grads, self._moments)
 
     def get_config(self) -> dict:
@@ -61,7 +62,8 @@ class Optimizer:
         if arrays:
             self._moments = tuple(
                 model.device.to_device(np.concatenate(
-                    [np.asarray(arrays[f"{key}.{i}"], dtype=model.dtype).reshape(-1) for key in range(len(slices))]))
+                    [np.asarray(arrays[f"{key}.{i}"], dtype=model.flat_params.dtype).reshape(-1)
+                     for key in range(len(slices))]))
                 for i in range(self.slots))
 
 

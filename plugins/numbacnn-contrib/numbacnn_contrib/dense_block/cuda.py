@@ -5,7 +5,7 @@ from numba import cuda
 from .._launch import THREADS, blocks_for
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _concat_channels(x, branch, out):
     i = cuda.grid(1)
     if i < out.size:
@@ -14,7 +14,7 @@ def _concat_channels(x, branch, out):
         out[p, c] = x[p, c] if c < C else branch[p, c - C]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _last_channels(dy, dbranch):
     i = cuda.grid(1)
     if i < dbranch.size:
@@ -22,7 +22,7 @@ def _last_channels(dy, dbranch):
         dbranch[p, k] = dy[p, dy.shape[1] - dbranch.shape[1] + k]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _add_first_channels(dy, through_branch, dx):
     i = cuda.grid(1)
     if i < dx.size:

@@ -10,12 +10,13 @@ from .._launch import THREADS, blocks_for
 
 
 def param_chunks(batch: int) -> int:
-    """How many slices of the batch the parameter gradients are summed in, side by side: a few hundred
-    threads per parameter would sit idle otherwise. The slices are added in order afterwards."""
-    return max(1, min(batch, 32))
+    """How many slices of the batch the parameter gradients are summed in, side by side: a depthwise layer has
+    only tens to hundreds of parameters, so one slice per image (up to 128) keeps thousands of threads busy
+    instead of a few hundred. The slices are added in order afterwards."""
+    return max(1, min(batch, 128))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
     k = cuda.grid(1)
     if k >= out.size:
@@ -37,7 +38,7 @@ def _forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
     out[n, oh, ow, j] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _backward_input(dy, w, stride_h, stride_w, pad_top, pad_left, zero, dx):
     k = cuda.grid(1)
     if k >= dx.size:
@@ -62,13 +63,15 @@ def _backward_input(dy, w, stride_h, stride_w, pad_top, pad_left, zero, dx):
     dx[n, ih, iw, c] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _param_grad_chunks(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left, zero, partial):
-    """partial[t, i]: entry i of [dw flat, db] summed over the images of slice t of the batch."""
-    i, t = cuda.grid(2)
+    """partial[t, i]: entry i of [dw flat, db] summed over the images of slice t of the batch. One thread per
+    (t, i), numbered densely, so every thread of a block has work even when the layer has few parameters."""
+    k = cuda.grid(1)
     chunks, size = partial.shape
-    if i >= size or t >= chunks:
+    if k >= chunks * size:
         return
+    i, t = k % size, k // size
     N, H, W, C = x.shape
     _, OH, OW, CM = dy.shape
     bias_at = KH * KW * CM
@@ -96,7 +99,7 @@ def _param_grad_chunks(x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left, zer
     partial[t, i] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sum_chunks(partial, dw_flat, db):
     i = cuda.grid(1)
     chunks, size = partial.shape
@@ -133,6 +136,6 @@ def depthwise_conv2d_backward_params(x, dy, stride_h, stride_w, pad_top, pad_lef
     (chunks, dw.size + db.size), then the rows added in order."""
     chunks, size = partial.shape
     KH, KW = dw.shape[0], dw.shape[1]
-    grid = (blocks_for(size), chunks)
-    _param_grad_chunks[grid, (THREADS, 1)](x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left, _zero(dw), partial)
+    _param_grad_chunks[blocks_for(chunks * size), THREADS](
+        x, dy, KH, KW, stride_h, stride_w, pad_top, pad_left, _zero(dw), partial)
     _sum_chunks[blocks_for(size), THREADS](partial, dw.reshape(dw.size), db)

@@ -7,14 +7,14 @@ from numba import cuda
 from .._launch import THREADS, blocks_for
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _elu_forward(x, alpha, out):
     i = cuda.grid(1)
     if i < x.size:
         out[i] = x[i] if x[i] > 0 else alpha * math.expm1(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _elu_backward(x, dy, alpha, dx):
     i = cuda.grid(1)
     if i < x.size:

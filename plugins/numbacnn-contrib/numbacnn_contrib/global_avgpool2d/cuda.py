@@ -9,7 +9,7 @@ from numba import cuda
 from .._launch import THREADS, blocks_for
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _global_avgpool2d_forward(x, scale, zero, out):
     k = cuda.grid(1)
     N, H, W, C = x.shape
@@ -23,7 +23,7 @@ def _global_avgpool2d_forward(x, scale, zero, out):
     out[n, c] = total * scale
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _global_avgpool2d_backward(dy, scale, dx):
     k = cuda.grid(1)
     if k >= dx.size:
