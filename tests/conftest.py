@@ -27,3 +27,15 @@ def datasets_dir() -> Path:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def require_cuda():
+    """numba.cuda when it can run kernels here (a GPU, or the simulator); else the calling test module is
+    skipped, saying how to run it."""
+    cuda = pytest.importorskip("numba.cuda", reason="numba has no CUDA target here (pip install 'numbacnn[cuda]')")
+    if not cuda.is_available():
+        pytest.skip(
+            "no usable CUDA GPU, and the CUDA simulator is off (set NUMBA_ENABLE_CUDASIM=1 before Python starts)",
+            allow_module_level=True,
+        )
+    return cuda

@@ -11,12 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-cuda = pytest.importorskip("numba.cuda", reason="numba has no CUDA target here (pip install 'numbacnn[cuda]')")
-if not cuda.is_available():
-    pytest.skip(
-        "no usable CUDA GPU, and the CUDA simulator is off (set NUMBA_ENABLE_CUDASIM=1 before Python starts)",
-        allow_module_level=True,
-    )
+from conftest import require_cuda
+
+cuda = require_cuda()
 
 from numbacnn.bench import counts_per_step  # noqa: E402
 from numbacnn.device import CUDA_COUNTS  # noqa: E402
