@@ -120,13 +120,11 @@ def _spec(model: Optional[str], layers: Optional[str]) -> str:
     return preset_spec(model or DEFAULT_PRESET)
 
 
-def _load_split(dataset: Dataset, split: str, data_dir: Optional[Path], limit: Optional[int] = None):
+def _load_split(dataset: Dataset, split: str, data_dir: Optional[Path]):
     from .data import load_dataset
     from .train import prepare_images
 
     images, labels = load_dataset(dataset.value, split, data_dir=data_dir)
-    if limit:
-        images, labels = images[:limit], labels[:limit]
     return prepare_images(images), labels.astype(np.int64)
 
 
@@ -292,7 +290,6 @@ def run_training(net, optimizer, run, settings: dict, outputs, data_dir: Optiona
     if batch_size > len(x_train):
         raise NumbacnnError(f"--batch-size {batch_size:,} is more than the {len(x_train):,} training images; "
                             f"use at most {len(x_train):,}.")
-    net.check_memory(batch_size, optimizer.slots)
     where = f"from epoch {run.epoch}, batch {run.batches_done + 1}, " if run.history or run.batches_done else ""
     group = distributed.current()
     processes = f", {group.size} processes (each batch split between them, over MPI)" if group.size > 1 else ""

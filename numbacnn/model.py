@@ -63,11 +63,10 @@ class Sequential:
 
         def fits_in_memory(i: int, layer: Layer) -> None:
             outputs.append(int(np.prod(layer.out_shape)))
-            need = ACTIVATION_COPIES * batch_size * self.dtype.itemsize * sum(outputs)
-            if need > free:
+            if self._activation_bytes(sum(outputs), batch_size) > free:
                 raise ShapeError(
                     f"its {'x'.join(map(str, layer.out_shape))} outputs an image need "
-                    f"{format_bytes(ACTIVATION_COPIES * batch_size * self.dtype.itemsize * outputs[-1])} for a batch of "
+                    f"{format_bytes(self._activation_bytes(outputs[-1], batch_size))} for a batch of "
                     f"{batch_size:,}, more than the {format_bytes(free)} free with the layers before it; use a smaller "
                     f"--batch-size or a smaller layer"
                 )
@@ -86,17 +85,24 @@ class Sequential:
         """Moves every layer's ``params`` (or ``grads``) into one contiguous array, in ``parameters()`` order,
         and leaves each layer a view of its part: one optimiser kernel, or one sum across processes, then
         covers them all. Layers write their arrays in place (the contract), so the views stay in use."""
-        arrays = [(layer, k) for layer in self.layers for k in getattr(layer, attribute)]
-        sizes = [int(np.prod(getattr(layer, attribute)[k].shape)) for layer, k in arrays]
-        flat = self.device.empty(sum(sizes), self.dtype)
-        offset = 0
-        for (layer, k), size in zip(arrays, sizes):
-            owner = getattr(layer, attribute)
-            view = flat[offset:offset + size].reshape(owner[k].shape)
+        slices = self.parameter_slices()
+        flat = self.device.empty(slices[-1][0].stop if slices else 0, self.dtype)
+        arrays = [(getattr(layer, attribute), k) for layer in self.layers for k in layer.params]
+        for (owner, k), (where, shape) in zip(arrays, slices):
+            view = flat[where].reshape(shape)
             self.device.copy_into(view, owner[k])
             owner[k] = view
-            offset += size
         return flat
+
+    def parameter_slices(self) -> list[tuple[slice, tuple]]:
+        """(where in ``flat_params`` and ``flat_grads``, shape) of each parameter array, in ``parameters()``
+        order."""
+        slices, offset = [], 0
+        for param, _ in self.parameters():
+            size = int(np.prod(param.shape))
+            slices.append((slice(offset, offset + size), tuple(param.shape)))
+            offset += size
+        return slices
 
     @property
     def output_shape(self) -> Shape:
@@ -114,7 +120,7 @@ class Sequential:
         """Tells every layer that the batches it gets are rows ``first``... of batches of ``total`` rows (see
         ``Layer.batch_part``); ``set_batch_part(0, 0)`` goes back to whole batches."""
         part = (first, total) if total else None
-        for layer in _all_layers(self.layers):
+        for _, layer in _walk(self.layers):
             layer.batch_part = part
 
     def backward(self, dy) -> None:
@@ -203,11 +209,10 @@ class Sequential:
         free = self.device.free_memory()
         if free is None:
             return
-        itemsize = self.dtype.itemsize
         rows = self.summary()
         per_image = {r.index: int(np.prod(r.out_shape)) for r in rows}
-        activations = ACTIVATION_COPIES * batch_size * itemsize * sum(per_image.values())
-        trainable = (1 + optimizer_slots) * itemsize * self.trainable_count()
+        activations = self._activation_bytes(sum(per_image.values()), batch_size)
+        trainable = (1 + optimizer_slots) * self.dtype.itemsize * sum(r.params for r in rows if r.depth == 0)
         if activations + trainable <= free:
             return
         largest = max(rows, key=lambda r: per_image[r.index])
@@ -215,9 +220,13 @@ class Sequential:
         raise ShapeError(
             f"Training at batch {batch_size:,} needs about {format_bytes(activations + trainable)} of memory, more than the "
             f"{format_bytes(free)} free on {self.device.name}; the largest is layer {largest.index} {largest.layer}, with "
-            f"{shape} outputs an image ({format_bytes(ACTIVATION_COPIES * batch_size * itemsize * per_image[largest.index])} a batch). "
-            f"Use a smaller --batch-size or a smaller layer."
+            f"{shape} outputs an image ({format_bytes(self._activation_bytes(per_image[largest.index], batch_size))} "
+            f"a batch). Use a smaller --batch-size or a smaller layer."
         )
+
+    def _activation_bytes(self, values_per_image: int, batch_size: int) -> int:
+        """Memory a training step keeps for ``values_per_image`` output values of each image of a batch."""
+        return ACTIVATION_COPIES * batch_size * self.dtype.itemsize * values_per_image
 
     def _host_copies(self, attribute: str) -> list[dict[str, np.ndarray]]:
         """Each layer's ``params`` or ``state`` arrays, copied to host memory."""
@@ -246,27 +255,25 @@ def format_bytes(nbytes: float) -> str:
         nbytes /= 1000
 
 
-def _all_layers(layers: list[Layer]):
-    """The layers and, for blocks, their children, at every depth."""
-    for layer in layers:
-        yield layer
-        if isinstance(layer, Block):
-            yield from _all_layers([child for _, child in layer.named_children()])
+def _walk(layers: list[Layer]):
+    """(path, layer) for the layers and, for blocks, their children at every depth: paths "0", "3.skip"."""
+    for i, layer in enumerate(layers):
+        yield from _walk_from(layer, str(i))
+
+
+def _walk_from(layer: Layer, path: str):
+    yield path, layer
+    if isinstance(layer, Block):
+        for key, child in layer.named_children():
+            yield from _walk_from(child, f"{path}.{key}")
 
 
 def _generators(layers: list[Layer]):
     """(key, generator) for each NumPy random generator the layers keep as an attribute, blocks included."""
-    for i, layer in enumerate(layers):
-        yield from _generators_of(layer, str(i))
-
-
-def _generators_of(layer: Layer, path: str):
-    for attribute, value in sorted(vars(layer).items()):
-        if isinstance(value, np.random.Generator):
-            yield f"{path}.{attribute}", value
-    if isinstance(layer, Block):
-        for key, child in layer.named_children():
-            yield from _generators_of(child, f"{path}.{key}")
+    for path, layer in _walk(layers):
+        for attribute, value in sorted(vars(layer).items()):
+            if isinstance(value, np.random.Generator):
+                yield f"{path}.{attribute}", value
 
 
 def _rows(index: str, layer: Layer, depth: int) -> list[SummaryRow]:

@@ -129,9 +129,9 @@ def fit(
 
     The data is copied to the model's device once; per batch only the loss and the count of right answers
     come back (on one GPU not even those: they are summed there, and read to be shown and at the end of an
-    epoch, when a diverged loss is also noticed). ``schedule`` is "cosine" (from the optimiser's learning rate down to zero along half a cosine
-    over the whole run, as ``numbacnn train`` does), "constant", or "onecycle" (up to the optimiser's
-    learning rate over the first fifth of the run, then down to zero).
+    epoch, when a diverged loss is also noticed). ``schedule`` is "cosine" (from the optimiser's learning
+    rate down to zero along half a cosine over the whole run, as ``numbacnn train`` does), "constant", or
+    "onecycle" (up to the optimiser's learning rate over the first fifth of the run, then down to zero).
     ``validation``: prepared (images, labels) scored after every epoch; the best epoch and ``stop_at`` (end
     the run after the first epoch whose validation accuracy reaches it) go by it.
     ``augment``: a ``numbacnn.augment.Augment`` that changes each training batch at random (seeded by ``seed``
@@ -188,9 +188,7 @@ def fit(
                     run.batches_done, stop = b + 1, stop_requested()
                     # Read only when there is something to show, and at the end of the epoch.
                     if b + 1 == batches or (on_batch and on_device.due()):
-                        recent = on_device.read(run)
-                        if not recent <= diverged_loss:  # NaN fails every comparison
-                            raise TrainingDiverged(_diverged(f"the loss became {recent:.4g}", epoch, b + 1, optimizer))
+                        _check_loss(on_device.read(run), diverged_loss, epoch, b + 1, optimizer)
                         _report_batch(on_batch, run, epoch, batches, n, batch_size, first, start)
                     continue
                 idx = order[b * batch_size:(b + 1) * batch_size]
@@ -200,9 +198,7 @@ def fit(
                                                 seed, step, part, len(idx))
                 loss_sum, right, stop = group.sum_step(model, len(mine) / len(idx),
                                                        [loss * len(mine), right, stop_requested()])
-                if not loss_sum / len(idx) <= diverged_loss:  # NaN fails every comparison
-                    raise TrainingDiverged(_diverged(f"the loss became {loss_sum / len(idx):.4g}", epoch, b + 1,
-                                                     optimizer))
+                _check_loss(loss_sum / len(idx), diverged_loss, epoch, b + 1, optimizer)
                 optimizer.step(model)
                 run.loss_sum += loss_sum
                 run.correct += int(right)
@@ -311,6 +307,12 @@ def _judge(run: RunState, result: EpochResult) -> None:
     if score is None or run.best_accuracy is None or score > run.best_accuracy:
         result.best = True
         run.best_epoch, run.best_accuracy = result.epoch, score
+
+
+def _check_loss(loss: float, limit: float, epoch: int, batch: int, optimizer: Optimizer) -> None:
+    """A ``TrainingDiverged`` when the mean loss is NaN or above ``limit``."""
+    if not loss <= limit:  # NaN fails every comparison
+        raise TrainingDiverged(_diverged(f"the loss became {loss:.4g}", epoch, batch, optimizer))
 
 
 def _diverged(what: str, epoch: int, batch: int, optimizer: Optimizer) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import require_cuda
+from test_augment import mix32  # the hash in NumPy: an independent check of the device arithmetic
 
 cuda = require_cuda()
 
@@ -246,17 +247,6 @@ def test_avgpool2d_matches_cpu(case, seed):
 
 
 # -- dropout --------------------------------------------------------------------------------------------------
-
-
-def mix32(x: np.ndarray) -> np.ndarray:
-    """The dropout kernel's hash, in NumPy: an independent check of the device arithmetic."""
-    x = x.astype(np.uint64)
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x7FEB352D)) & np.uint64(0xFFFFFFFF)
-    x ^= x >> np.uint64(15)
-    x = (x * np.uint64(0x846CA68B)) & np.uint64(0xFFFFFFFF)
-    x ^= x >> np.uint64(16)
-    return x
 
 
 def reference_mask(seed: int, size: int, rate: float, dtype) -> np.ndarray:

@@ -48,12 +48,12 @@ class Optimizer:
             return self.steps, {}
         slots = [model.device.to_host(m) for m in self._moments]
         return self.steps, {f"{key}.{i}": slot[where].reshape(shape).copy()
-                            for key, (where, shape) in enumerate(_parameter_slices(model))
+                            for key, (where, shape) in enumerate(model.parameter_slices())
                             for i, slot in enumerate(slots)}
 
     def set_state(self, model, steps: int, arrays: dict[str, np.ndarray]) -> None:
         """Loads what ``get_state`` gave, for the same model; ``ShapeError`` when it does not fit."""
-        slices = _parameter_slices(model)
+        slices = model.parameter_slices()
         expected = {f"{key}.{i}": shape for key, (_, shape) in enumerate(slices) for i in range(self.slots)}
         if arrays and ({k: tuple(v.shape) for k, v in arrays.items()} != expected):
             raise ShapeError(f"The saved {self.name} state does not fit this model's {len(slices)} parameter arrays.")
@@ -65,16 +65,6 @@ class Optimizer:
                     [np.asarray(arrays[f"{key}.{i}"], dtype=model.flat_params.dtype).reshape(-1)
                      for key in range(len(slices))]))
                 for i in range(self.slots))
-
-
-def _parameter_slices(model) -> list[tuple[slice, tuple]]:
-    """(where in ``model.flat_params``, shape) of each parameter array, in ``model.parameters()`` order."""
-    slices, offset = [], 0
-    for param, _ in model.parameters():
-        size = int(np.prod(param.shape))
-        slices.append((slice(offset, offset + size), tuple(param.shape)))
-        offset += size
-    return slices
 
 
 class SGD(Optimizer):

@@ -16,6 +16,8 @@ from ...cuda_kernels import THREADS, blocks_for, flat, kernel, zero_of
 MASK32 = 0xFFFFFFFF
 
 
+# The same hash as augmentation's (augment/cpu.py), written again here on purpose: Numba keys a cached kernel
+# on its own source file only, so a helper compiled into this file's kernel must live in this file.
 @cuda.jit(device=True)
 def mix32(x):
     """A 32-bit integer hash with full avalanche ("lowbias32", C. Wellons), on values below 2 ** 32.

@@ -118,19 +118,25 @@ def test_numbacnn_layers_lists_the_contrib_layers():
 SPEC = "conv2d(8,3) leaky_relu(0.1) maxpool2d(2) depthwise_conv2d(3) elu global_avgpool2d dense(10)"
 
 
+def train_steps(model, images, labels, steps: int) -> list[float]:
+    """The loss of each of ``steps`` Adam steps (lr 0.01) on one fixed batch."""
+    loss_fn, optimizer = SoftmaxCrossEntropy(), Adam(lr=0.01)
+    losses = []
+    for _ in range(steps):
+        loss, dlogits, _ = loss_fn(model.forward(images, training=True), labels)
+        model.backward(dlogits)
+        optimizer.step(model)
+        losses.append(loss)
+    return losses
+
+
 def test_a_network_with_the_layers_learns_a_fixed_batch():
     rng = np.random.default_rng(0)
     images = rng.random((32, 12, 12, 1), dtype=np.float32)
     labels = rng.integers(0, 10, size=32)
     model = Sequential(SPEC, input_shape=(12, 12, 1)).build(seed=0)
     assert model.output_shape == (10,)
-    loss_fn, optimizer = SoftmaxCrossEntropy(), Adam(lr=0.01)
-    losses = []
-    for _ in range(15):
-        loss, dlogits, _ = loss_fn(model.forward(images, training=True), labels)
-        model.backward(dlogits)
-        optimizer.step(model)
-        losses.append(loss)
+    losses = train_steps(model, images, labels, 15)
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.9 * losses[0], losses
 
@@ -236,13 +242,7 @@ def test_a_network_with_a_dense_block_trains_saves_and_loads(tmp_path):
     labels = rng.integers(0, 10, size=16)
     model = Sequential(DENSE_SPEC).build(seed=0)
     assert model.trainable_count() == 36 + 4 + 144 + 4 + 13520 + 10  # the block's parameters counted once
-    loss_fn, optimizer = SoftmaxCrossEntropy(), Adam(lr=0.01)
-    losses = []
-    for _ in range(8):
-        loss, dlogits, _ = loss_fn(model.forward(images, training=True), labels)
-        model.backward(dlogits)
-        optimizer.step(model)
-        losses.append(loss)
+    losses = train_steps(model, images, labels, 8)
     assert losses[-1] < 0.9 * losses[0], losses
     loaded, metadata = numbacnn.load(numbacnn.save(model, tmp_path / "dense.npz", {"steps": 8}))
     assert metadata == {"steps": 8}
