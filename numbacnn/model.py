@@ -155,7 +155,8 @@ class Sequential:
         non-trainable numbers it keeps; a block's row is followed by its children's (``depth`` 1 and more)."""
         if not self.built:
             self.build()
-        return [row for i, layer in enumerate(self.layers) for row in _rows(str(i + 1), layer, 0)]
+        return [SummaryRow(index, repr(layer), layer.out_shape, *layer.param_counts(), layer.describe_params(),
+                           layer.state_count(), depth) for index, depth, layer in numbered_layers(self.layers)]
 
     def count_params(self) -> int:
         """Every number the model keeps, trainable or not (as Keras counts its total)."""
@@ -276,11 +277,15 @@ def _generators(layers: list[Layer]):
                 yield f"{path}.{attribute}", value
 
 
-def _rows(index: str, layer: Layer, depth: int) -> list[SummaryRow]:
-    """The summary row of ``layer`` and, for a block, its children's rows below it."""
-    row = SummaryRow(index, repr(layer), layer.out_shape, *layer.param_counts(), layer.describe_params(),
-                     layer.state_count(), depth)
-    children = layer.named_children() if isinstance(layer, Block) else []
-    nested = [r for n, (key, child) in enumerate(children)
-              for r in _rows(f"{index}.{n + 1}" if key.isdigit() else f"{index}.{key}", child, depth + 1)]
-    return [row, *nested]
+def numbered_layers(layers: list[Layer]):
+    """(index, depth, layer) of every layer, a block's children right after it, numbered as the summary
+    shows them: "1", "2", ..., "5.1", "5.2", "5.skip" (``depth`` 1 and more inside blocks)."""
+    for i, layer in enumerate(layers):
+        yield from _numbered(layer, str(i + 1), 0)
+
+
+def _numbered(layer: Layer, index: str, depth: int):
+    yield index, depth, layer
+    if isinstance(layer, Block):
+        for n, (key, child) in enumerate(layer.named_children()):
+            yield from _numbered(child, f"{index}.{n + 1}" if key.isdigit() else f"{index}.{key}", depth + 1)

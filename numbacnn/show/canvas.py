@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..block import Block
+from ..model import numbered_layers
 from ..errors import NumbacnnError
 
 DPI = 100
@@ -79,15 +79,7 @@ def grid_columns(count: int) -> int:
 def indexed_layers(layers) -> list[tuple[str, object]]:
     """(index, layer) of every layer, a block's children right after it, numbered as ``numbacnn summary``
     numbers them: "1", "2", ..., "5.1", "5.2", "5.skip"."""
-    return list(_numbered([(str(i), layer) for i, layer in enumerate(layers, start=1)], ""))
-
-
-def _numbered(named, prefix: str):
-    for key, layer in named:
-        yield prefix + key, layer
-        if isinstance(layer, Block):
-            children = [(str(int(k) + 1) if k.isdigit() else k, child) for k, child in layer.named_children()]
-            yield from _numbered(children, f"{prefix}{key}.")
+    return [(index, layer) for index, _, layer in numbered_layers(layers)]
 
 
 def shape_text(shape) -> str:
