@@ -15,7 +15,7 @@ import re
 import secrets
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -83,14 +83,20 @@ def _model_arrays(model: Sequential) -> dict[str, np.ndarray]:
 
 
 def _write(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Writes an .npz beside ``path`` and renames it over ``path``: a crash leaves the old file or the new."""
+    """Writes the header and arrays as an .npz at ``path``, atomically."""
     arrays = {"__meta__": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays}
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Calls ``write`` on a new file beside ``path`` and renames it over ``path``: a crash leaves the old file
+    or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         # A new file ("x"), so it gets the permissions the umask gives, as any saved file does.
         with open(tmp, "xb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

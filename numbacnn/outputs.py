@@ -97,9 +97,8 @@ class RunOutputs:
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrites the JSON-lines file from the history (a few hundred bytes an epoch), atomically."""
-        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-        os.replace(tmp, self.metrics_path)
+        lines = "".join(json.dumps(row) + "\n" for row in history).encode()
+        checkpoint.write_atomically(self.metrics_path, lambda f: f.write(lines))
 
     def finish(self) -> None:
         """The run ended normally: nothing is left to resume."""
