@@ -51,6 +51,7 @@ def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int
     }
     step = _train_step(model, x, labels)
     report["train_images_per_s"] = batch_size / median_seconds(step, **timing)
+    report["outside_layers_ms"] = outside_layers_ms(report)
     if device == "cuda":
         report["per_step"] = counts_per_step(step)
     report["inference_images_per_s"] = batch_size / median_seconds(lambda: model.forward(x), **timing)
@@ -60,6 +61,14 @@ def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int
             report["train_ratio"] = report["train_images_per_s"] / report["torch"]["train_images_per_s"]
             report["inference_ratio"] = report["inference_images_per_s"] / report["torch"]["inference_images_per_s"]
     return report
+
+
+def outside_layers_ms(report: dict[str, Any]) -> float:
+    """The part of a training step spent outside the layers' forward and backward passes (loss, optimiser,
+    Python between calls): the step's time less the layers' times, never below zero."""
+    step_ms = 1e3 * report["batch_size"] / report["train_images_per_s"]
+    in_layers = sum(row["forward_ms"] + row["backward_ms"] for row in report["layers"])
+    return max(step_ms - in_layers, 0.0)
 
 
 # The timed steps train on one batch over and over. At a normal learning rate the network memorises it, its
@@ -235,6 +244,10 @@ def print_report(report: dict[str, Any], console) -> None:
         totals.add_row(f"{kind} step", f"{mine:,.0f}", f"{theirs:,.0f}" if theirs else "-",
                        f"{mine / theirs:.2f}x" if theirs else "-")
     console.print(totals)
+    step_ms = 1e3 * report["batch_size"] / report["train_images_per_s"]
+    outside = report["outside_layers_ms"]
+    console.print(f"A training step takes {step_ms:.2f} ms; {outside:.2f} ms of it ({outside / step_ms:.0%}) "
+                  f"is outside the layers (loss, optimiser, the calls between them).")
     if "per_step" in report:
         made = report["per_step"]
         step_us = 1e6 * report["batch_size"] / report["train_images_per_s"]

@@ -156,7 +156,8 @@ def train(
     augment: Optional[str] = typer.Option(
         None, "--augment",
         help="Random changes to each training image: none, or shift=N (up to N pixels each way), with "
-             "rotate=DEGREES and scale=FRACTION, e.g. 'shift=2,rotate=10' (default: the network's recipe, else none).",
+             "rotate=DEGREES, scale=FRACTION and flip (every other image mirrored left to right), e.g. "
+             "'shift=2,rotate=10' or 'shift=1,flip' (default: the network's recipe, else none).",
     ),
     validation: Optional[int] = typer.Option(
         None, "--validation", min=0,
@@ -229,7 +230,8 @@ def _new_run(given: dict, device: DeviceName, seed: int):
     from .train import RunState
 
     name, layers = given["-m"], given["--layers"]
-    recipe = preset_recipe(None if layers else name or DEFAULT_PRESET)
+    dataset = (given["--dataset"] or Dataset.mnist).value
+    recipe = preset_recipe(None if layers else name or DEFAULT_PRESET, dataset)
     batch_size = given["--batch-size"] or recipe.batch_size
     net = Sequential(_spec(name, layers)).build(seed=seed, device=device.value, batch_size=batch_size)
     optimizer = make_optimizer(given["--optimizer"].value if given["--optimizer"] else recipe.optimizer,
@@ -238,7 +240,7 @@ def _new_run(given: dict, device: DeviceName, seed: int):
     augment = given["--augment"]
     settings = {
         "name": "custom layers" if layers else name or DEFAULT_PRESET,
-        "dataset": (given["--dataset"] or Dataset.mnist).value,
+        "dataset": dataset,
         "epochs": given["--epochs"] or recipe.epochs,
         "batch_size": batch_size,
         "schedule": schedule.value if schedule else recipe.schedule,
@@ -466,16 +468,21 @@ def _training_record(path: Path, meta: dict) -> str:
 @app.command("models")
 @user_errors
 def list_models():
-    """The named networks (for -m), their sizes and the training recipe `numbacnn train -m NAME` uses."""
+    """The named networks (for -m), their sizes and the training recipe `numbacnn train -m NAME` uses; a row
+    "NAME -d DATASET" gives the recipe on a data set where it differs."""
     from .model import Sequential
-    from .presets import preset_recipe
+    from .presets import DATASET_RECIPES, preset_recipe
 
     table = Table("name", "parameters", "epochs", "batch", "optimiser", "lr", "schedule", "augment", "layers")
     for name, spec in PRESETS.items():
-        recipe = preset_recipe(name)
-        lr = "default" if recipe.lr is None else f"{recipe.lr:g}"
-        table.add_row(name, f"{Sequential(spec).build().count_params():,}", str(recipe.epochs), str(recipe.batch_size),
-                      recipe.optimizer, lr, recipe.schedule, recipe.augment, escape(spec))
+        size = f"{Sequential(spec).build().count_params():,}"
+        datasets = [None] + [dataset for network, dataset in DATASET_RECIPES if network == name]
+        for dataset in datasets:
+            recipe = preset_recipe(name, dataset)
+            lr = "default" if recipe.lr is None else f"{recipe.lr:g}"
+            table.add_row(name if dataset is None else f"{name} -d {dataset}", size, str(recipe.epochs),
+                          str(recipe.batch_size), recipe.optimizer, lr, recipe.schedule, recipe.augment,
+                          escape(spec) if dataset is None else "the same")
     out.print(table)
 
 

@@ -50,6 +50,38 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+# A product whose inner dimension is long (a weight gradient: every output position of a batch) and whose
+# output is small has too few output rows to split, so ``matmul`` would leave it on one thread. It is cut
+# along the inner dimension instead: into at most MAX_INNER_BLOCKS blocks of INNER_ROWS_PER_BLOCK or more
+# rows, a number set by the shape alone so that the sum comes out the same on any number of threads.
+INNER_ROWS_PER_BLOCK = 2048
+MAX_INNER_BLOCKS = 8
+
+
+def matmul_t(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a.T @ b for ``a`` and ``b`` with the same (long) number of rows: the blocks of rows' products on
+    the kernels' threads, then added in their order."""
+    blocks = min(MAX_INNER_BLOCKS, a.shape[0] // INNER_ROWS_PER_BLOCK)
+    if blocks <= 1:
+        return matmul(a.T, b, out=out)
+    bounds = np.linspace(0, a.shape[0], blocks + 1).astype(int)
+    partial = scratch("matmul_t", (blocks, *out.shape), out.dtype)
+
+    def products(indices):
+        for i in indices:
+            np.matmul(a[bounds[i]:bounds[i + 1]].T, b[bounds[i]:bounds[i + 1]], out=partial[i])
+
+    threads = min(numba.get_num_threads(), blocks)
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        jobs = [_pool().submit(products, range(t, blocks, threads)) for t in range(threads)]
+        for job in jobs:
+            job.result()
+    out[:] = partial[0]
+    for i in range(1, blocks):
+        out += partial[i]
+    return out
+
+
 @lru_cache(maxsize=None)
 def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()

@@ -185,6 +185,33 @@ def test_apply_needs_a_batch_of_images():
         Augment(1).apply(np.zeros((2, 5, 5, 1), np.float32), 0, -1)
 
 
+# -- mirroring ------------------------------------------------------------------------------------------------
+
+
+@KERNEL_SETTINGS
+@given(batch=batches(), seed=SEEDS, step=STEPS, rotation=st.sampled_from([0.0, 10.0]))
+def test_flip_mirrors_the_images_its_draws_pick(batch, seed, step, rotation):
+    """With flip, an image comes out as without it, or mirrored left to right: as its draw says."""
+    shape, max_shift, dtype = batch
+    x = images(np.random.default_rng(step % 1000), shape, dtype)
+    plain = Augment(max_shift, rotation).apply(x, seed, step).copy()
+    flipping = Augment(max_shift, rotation, flip=True)
+    out = flipping.apply(x, seed, step)
+    mirrored = flipping.transforms(seed, step, shape[0])[:, 4] == 1
+    np.testing.assert_array_equal(out, np.where(mirrored[:, None, None, None], plain[:, :, ::-1], plain))
+    np.testing.assert_array_equal(flipping.transforms(seed, step, shape[0])[:, :4],
+                                  Augment(max_shift, rotation).transforms(seed, step, shape[0])[:, :4])
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    mirrored = Augment(0, flip=True).transforms(seed=2, step=3, count=20_000)[:, 4]
+    assert set(mirrored) == {0.0, 1.0}
+    assert abs(mirrored.mean() - 0.5) < 0.02  # about 5 standard deviations
+    x = images(np.random.default_rng(0), (1, 4, 4, 1), np.float32)
+    out = Augment(0, flip=True).apply(np.repeat(x, 64, axis=0), 0, 0)
+    assert 0 < sum(np.array_equal(image, x[0, :, ::-1]) for image in out) < 64
+
+
 # -- rotation and scaling -------------------------------------------------------------------------------------
 
 
@@ -194,7 +221,7 @@ def reference_affine(x: np.ndarray, draws: np.ndarray) -> np.ndarray:
     cy, cx = (h - 1) / 2, (w - 1) / 2
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     out = np.empty(x.shape, np.float64)
-    for n, (dy, dx, angle, scale) in enumerate(draws):
+    for n, (dy, dx, angle, scale) in enumerate(draws[:, :4]):
         a, b = math.cos(angle) / scale, math.sin(angle) / scale
         py, px = ys - cy - dy, xs - cx - dx
         sy, sx = cy + a * py + b * px, cx - b * py + a * px
@@ -236,7 +263,8 @@ def test_rotation_and_scaling_match_a_numpy_bilinear_resample(batch, seed, step,
 
 def test_draws_stay_within_their_ranges():
     rows = Augment(2, 10.0, 0.1).transforms(seed=5, step=9, count=5000)
-    dy, dx, angle, scale = rows.T
+    dy, dx, angle, scale, mirrored = rows.T
+    assert not mirrored.any()  # flip is off
     np.testing.assert_array_equal(dy, shift_offsets(5, 9, 5000, 2)[:, 0])  # rotation leaves the shifts alone
     assert set(dx) == {-2, -1, 0, 1, 2}
     assert -10 <= angle.min() < -9.9 and 9.9 < angle.max() < 10
@@ -271,9 +299,9 @@ def test_rotation_turns_about_the_centre():
 
 
 @given(shift=st.integers(0, 10), rotation=st.sampled_from([0.0, 1.5, 10.0, 90.0]),
-       scale=st.sampled_from([0.0, 0.05, 0.1, 0.5]))
-def test_text_form_reads_back(shift, rotation, scale):
-    augment = Augment(shift, rotation, scale)
+       scale=st.sampled_from([0.0, 0.05, 0.1, 0.5]), flip=st.booleans())
+def test_text_form_reads_back(shift, rotation, scale, flip):
+    augment = Augment(shift, rotation, scale, flip)
     assert Augment.parse(str(augment)) == augment
 
 
@@ -284,6 +312,8 @@ def test_text_form_reads_back(shift, rotation, scale):
     ("shift=2,rotate=10,scale=0.1", Augment(2, 10.0, 0.1)),
     ("rotate=15", Augment(0, 15.0, 0.0)),  # keys left out are off
     ("scale = 0.2 , shift = 1", Augment(1, 0.0, 0.2)),
+    ("shift=1,flip", Augment(1, flip=True)),
+    ("flip", Augment(0, flip=True)),
 ])
 def test_parse(text, expected):
     assert Augment.parse(text) == expected
@@ -294,7 +324,8 @@ def test_parse(text, expected):
     ("shift", "cannot read"),
     ("shift=2,", "cannot read"),
     ("shift=1,shift=2", "cannot read"),
-    ("flip=1", "cannot read"),
+    ("flip=1", "cannot read"),  # flip is a word, not a key with a value
+    ("flip,flip", "cannot read"),
     ("shift=1.5", "shift must be a whole number"),
     ("rotate=ten", "rotate must be a number"),
     ("shift=-1", "shift must be a whole number >= 0"),
@@ -308,7 +339,7 @@ def test_parse_errors(text, message):
 
 
 @pytest.mark.parametrize("kwargs", [{"max_shift": True}, {"max_shift": 2.0}, {"max_rotation": -1.0},
-                                    {"max_scale": "0.1"}])
+                                    {"max_scale": "0.1"}, {"flip": 1}])
 def test_bad_values_are_spec_errors(kwargs):
     with pytest.raises(SpecError, match="augment: "):
         Augment(**kwargs)
@@ -317,7 +348,8 @@ def test_bad_values_are_spec_errors(kwargs):
 def test_default_and_text_of_off():
     assert Augment() == Augment(2, 0.0, 0.0) and str(Augment()) == "shift=2"
     assert str(Augment.off()) == "none" and not Augment.off().enabled
-    assert dataclasses.asdict(Augment(1, 2.0, 0.1)) == {"max_shift": 1, "max_rotation": 2.0, "max_scale": 0.1}
+    assert dataclasses.asdict(Augment(1, 2.0, 0.1)) == {"max_shift": 1, "max_rotation": 2.0, "max_scale": 0.1,
+                                                         "flip": False}
 
 
 # -- CUDA against the CPU -------------------------------------------------------------------------------------
@@ -338,25 +370,25 @@ def gpu_apply(augment: Augment, x, seed, step) -> np.ndarray:
 @needs_cuda
 @pytest.mark.filterwarnings("ignore:Grid size .* low occupancy")
 @CUDA_SETTINGS
-@given(batch=batches(max_side=6), seed=SEEDS, step=STEPS)
-@example(batch=((2, 5, 6, 2), 2, np.float32), seed=0, step=0)  # 120 elements: more than one simulated block
-def test_cuda_shift_matches_cpu_bit_for_bit(batch, seed, step):
+@given(batch=batches(max_side=6), seed=SEEDS, step=STEPS, flip=st.booleans())
+@example(batch=((2, 5, 6, 2), 2, np.float32), seed=0, step=0, flip=True)  # 120 elements: more than one block
+def test_cuda_shift_matches_cpu_bit_for_bit(batch, seed, step, flip):
     shape, max_shift, dtype = batch
     x = images(np.random.default_rng(step % 1000), shape, dtype)
-    out = gpu_apply(Augment(max_shift), x, seed, step)
+    out = gpu_apply(Augment(max_shift, flip=flip), x, seed, step)
     assert out.dtype == x.dtype
-    np.testing.assert_array_equal(out, Augment(max_shift).apply(x, seed, step))
+    np.testing.assert_array_equal(out, Augment(max_shift, flip=flip).apply(x, seed, step))
 
 
 @needs_cuda
 @pytest.mark.filterwarnings("ignore:Grid size .* low occupancy")
 @CUDA_SETTINGS
 @given(batch=batches(max_side=6), seed=SEEDS, step=STEPS, rotation=st.sampled_from([5.0, 45.0]),
-       scale=st.sampled_from([0.0, 0.2]))
-def test_cuda_rotation_and_scaling_match_cpu(batch, seed, step, rotation, scale):
+       scale=st.sampled_from([0.0, 0.2]), flip=st.booleans())
+def test_cuda_rotation_and_scaling_match_cpu(batch, seed, step, rotation, scale, flip):
     shape, max_shift, dtype = batch
     x = images(np.random.default_rng(step % 1000), shape, dtype)
-    augment = Augment(max_shift, rotation, scale)
+    augment = Augment(max_shift, rotation, scale, flip)
     out = gpu_apply(augment, x, seed, step)
     assert out.dtype == x.dtype
     np.testing.assert_allclose(out, augment.apply(x, seed, step), rtol=0, atol=1e-6)

@@ -84,3 +84,26 @@ def test_the_one_channel_forward_path_equals_the_direct_one_to_the_bit(n, height
     cpu.conv2d_forward_direct(x, w, b, 1, 1, pad, pad, direct)
     cpu.conv2d_forward_one_channel(x, w, b, pad, pad, one_channel)
     np.testing.assert_array_equal(one_channel, direct)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 20), height=st.integers(1, 9), width=st.integers(1, 9), kernel=st.integers(1, 5),
+       filters=st.integers(1, 20).filter(lambda f: f % cpu.ONE_CHANNEL_GRAD_VECTOR), pad=st.integers(0, 2),
+       seed=st.integers(0, 2**16))
+def test_the_one_channel_weight_gradient_path_matches_the_reference(n, height, width, kernel, filters, pad, seed):
+    """A first layer with few filters sums its weight gradient over positions in lanes (another order)."""
+    if kernel > height + 2 * pad or kernel > width + 2 * pad:
+        return
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((n, height, width, 1)), rng.standard_normal((kernel, kernel, 1, filters))
+    dy = rng.standard_normal((n, height + 2 * pad - kernel + 1, width + 2 * pad - kernel + 1, filters))
+    dy *= rng.random(dy.shape) < 0.5
+    dw, db = np.full_like(w, np.nan), np.full(filters, np.nan)
+    cpu.conv2d_backward(x, dy, w, 1, 1, pad, pad, dw, db, None)
+    _, dw_ref, db_ref = reference(x, w, dy, 1, pad)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-10, atol=1e-10)
+    dw32, db32 = np.empty(w.shape, np.float32), np.empty(filters, np.float32)
+    cpu.conv2d_backward(x.astype(np.float32), dy.astype(np.float32), w.astype(np.float32), 1, 1, pad, pad,
+                        dw32, db32, None)
+    np.testing.assert_allclose(dw32, dw_ref, rtol=1e-4, atol=1e-4 * np.abs(dw_ref).max())

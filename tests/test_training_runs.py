@@ -309,7 +309,7 @@ def test_install_hints_keep_their_square_brackets():
     assert "numbacnn[cuda]" in run("train", "--help").stdout
     console = Console(file=StringIO(), width=200)
     print_report({"device": "cpu", "batch_size": 1, "threads": 1, "repeats": 1, "steps": 1, "layers": [],
-                  "train_images_per_s": 1.0, "inference_images_per_s": 1.0,
+                  "train_images_per_s": 1.0, "inference_images_per_s": 1.0, "outside_layers_ms": 0.0,
                   "torch": {"skipped": "PyTorch is not installed (pip install 'numbacnn[bench]')"}}, console)
     assert "numbacnn[bench]" in console.file.getvalue()
 
@@ -323,6 +323,18 @@ def test_bench_lists_the_layers_as_the_summary_does():
     assert [row["layer"].split(" (")[0] for row in report["layers"]] == [r.layer for r in summary]
     assert [tuple(row["out_shape"]) for row in report["layers"]] == [r.out_shape for r in summary]
     assert report["layers"][1]["layer"] == "relu (runs after the pooling)"
+    step_ms = 1e3 * 4 / report["train_images_per_s"]
+    assert 0 <= report["outside_layers_ms"] <= step_ms
+
+
+def test_time_outside_the_layers_is_the_step_less_the_layers():
+    from numbacnn.bench import outside_layers_ms
+
+    layers = [{"forward_ms": 1.0, "backward_ms": 2.0}, {"forward_ms": 0.5, "backward_ms": 0.5}]
+    # 100 images/s at batch 1: a 10 ms step, 4 ms of it in the layers.
+    assert outside_layers_ms({"batch_size": 1, "train_images_per_s": 100.0, "layers": layers}) == 6.0
+    # Timing noise can make the layers' sum exceed the step: never a negative time.
+    assert outside_layers_ms({"batch_size": 1, "train_images_per_s": 1000.0, "layers": layers}) == 0.0
 
 
 @pytest.mark.data

@@ -1,5 +1,5 @@
 """Data augmentation for training: each image of a batch gets its own random shift, and optionally a small
-rotation and scaling, drawn from (seed, step, image) alone.
+rotation and scaling and a left-right mirror, drawn from (seed, step, image) alone.
 
 The draws come from a counter-based hash computed inside the kernels (see ``cpu.compile_with``), so the CPU
 and the GPU give the same batches, nothing random travels to the device, and the same seed gives the same run.
@@ -19,6 +19,7 @@ from ..layer import check_int, check_number
 NAME = "augment"
 OFF = ("none", "off")
 KEYS = {"shift": "max_shift", "rotate": "max_rotation", "scale": "max_scale"}  # text form -> field
+FLIP = "flip"  # the one key without a value
 
 
 @dataclass
@@ -27,28 +28,33 @@ class Augment:
 
     Args: max_shift: each image moves by whole pixels (dy, dx), each uniform on [-max_shift, max_shift];
     max_rotation: and turns by an angle uniform on [-max_rotation, max_rotation) degrees; max_scale: and
-    is scaled by 1 + u * max_scale, u uniform on [-1, 1). With rotation or scaling on, all of it is one
-    bilinear resample; with shifts alone, pixels are copied exactly.
+    is scaled by 1 + u * max_scale, u uniform on [-1, 1); flip: and, one image in two, is mirrored left to
+    right (for pictures that mean the same mirrored, such as clothes; not for digits). With rotation or
+    scaling on, all of it is one bilinear resample; otherwise pixels are copied exactly.
     """
 
     max_shift: int = 2
     max_rotation: float = 0.0
     max_scale: float = 0.0
+    flip: bool = False
 
     def __post_init__(self):
         self._out = None  # the output kept across calls: an attribute, not a field, so asdict() stays plain
         self.max_shift = check_int(NAME, "shift", self.max_shift, minimum=0)
         self.max_rotation = check_number(NAME, "rotate", self.max_rotation, 0.0, below=180.0)
         self.max_scale = check_number(NAME, "scale", self.max_scale, 0.0, below=1.0)
+        if not isinstance(self.flip, (bool, np.bool_)):
+            raise SpecError(f"{NAME}: flip must be True or False, got {self.flip!r}.")
+        self.flip = bool(self.flip)
 
     @classmethod
     def off(cls) -> Augment:
         """No augmentation: ``apply`` hands the batch back as it is."""
-        return cls(0, 0.0, 0.0)
+        return cls(0, 0.0, 0.0, False)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.max_shift or self.max_rotation or self.max_scale)
+        return bool(self.max_shift or self.max_rotation or self.max_scale or self.flip)
 
     @property
     def resamples(self) -> bool:
@@ -59,20 +65,21 @@ class Augment:
 
     @classmethod
     def parse(cls, text: str) -> Augment:
-        """An ``Augment`` from its text form: "none" (or "off"), or comma-separated key=value pairs of
-        shift (pixels), rotate (degrees) and scale (a fraction), e.g. "shift=2,rotate=10,scale=0.1".
-        Keys left out are off."""
+        """An ``Augment`` from its text form: "none" (or "off"), or a comma-separated list of key=value pairs
+        of shift (pixels), rotate (degrees) and scale (a fraction), and the word flip, e.g.
+        "shift=2,rotate=10,scale=0.1" or "shift=1,flip". Keys left out are off."""
         text = text.strip().lower()
         if text in OFF:
             return cls.off()
         values = {}
         for part in text.split(","):
             key, sep, value = (s.strip() for s in part.partition("="))
-            if not sep or key not in KEYS or key in values:
+            if key in values or not (key in KEYS and sep or key == FLIP and not sep):
                 raise SpecError(f"{NAME}: cannot read {text!r}; write none, or key=value pairs of "
-                                f"{', '.join(KEYS)}, each at most once, e.g. shift=2,rotate=10,scale=0.1.")
-            values[key] = _number(key, value)
-        return cls(**{KEYS[key]: values.get(key, 0) for key in KEYS})
+                                f"{', '.join(KEYS)} and the word {FLIP}, each at most once, e.g. "
+                                f"shift=2,rotate=10 or shift=1,{FLIP}.")
+            values[key] = True if key == FLIP else _number(key, value)
+        return cls(**{KEYS[key]: values.get(key, 0) for key in KEYS}, flip=values.get(FLIP, False))
 
     def __str__(self) -> str:
         """The text form ``parse`` reads back."""
@@ -81,6 +88,7 @@ class Augment:
         parts = [f"shift={self.max_shift}"] if self.max_shift else []
         parts += [f"rotate={self.max_rotation:g}"] if self.max_rotation else []
         parts += [f"scale={self.max_scale:g}"] if self.max_scale else []
+        parts += [FLIP] if self.flip else []
         return ",".join(parts)
 
     # -- applying it ----------------------------------------------------------------------------------------
@@ -105,9 +113,10 @@ class Augment:
         out = self._output(device, tuple(x.shape), x.dtype)
         kernels = kernels_for(__name__, device)
         if self.resamples:
-            kernels.affine(x, out, seed, step, self.max_shift, math.radians(self.max_rotation), self.max_scale, first)
+            kernels.affine(x, out, seed, step, self.max_shift, math.radians(self.max_rotation), self.max_scale, first,
+                           self.flip)
         else:
-            kernels.shift(x, out, seed, step, self.max_shift, first)
+            kernels.shift(x, out, seed, step, self.max_shift, first, self.flip)
         return out
 
     def _output(self, device: Device, shape: tuple, dtype):
@@ -118,11 +127,13 @@ class Augment:
         return out[1]
 
     def transforms(self, seed: int, step: int, count: int) -> np.ndarray:
-        """The draws of images 0 .. count - 1 in step ``step``: a (count, 4) float64 array of rows
-        (dy, dx, angle in degrees, scale). The image moves by (dy, dx) pixels (down, right)."""
+        """The draws of images 0 .. count - 1 in step ``step``: a (count, 5) float64 array of rows
+        (dy, dx, angle in degrees, scale, mirrored 1 or 0). The image moves by (dy, dx) pixels (down, right),
+        then is mirrored left to right where the last column is 1."""
         from . import cpu
 
-        rows = cpu.draws(seed, step, count, self.max_shift, math.radians(self.max_rotation), self.max_scale)
+        rows = cpu.draws(seed, step, count, self.max_shift, math.radians(self.max_rotation), self.max_scale,
+                         self.flip)
         rows[:, 2] = np.degrees(rows[:, 2])
         return rows
 

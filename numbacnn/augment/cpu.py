@@ -25,7 +25,7 @@ START = 0x2545F491  # where each hash chain starts: 0 is a fixed point of mix32,
 UNIT = 2.0**-31  # maps a 32-bit hash h to h * UNIT - 1, uniform on [-1, 1)
 
 # The streams of one image: each draw hashes its own number, so turning rotation on leaves the shifts alone.
-DY, DX, ANGLE, SCALE = 0, 1, 2, 3
+DY, DX, ANGLE, SCALE, FLIP = 0, 1, 2, 3, 4
 
 
 def batch_key(seed: int, step: int, first: int = 0) -> tuple[int, int, int, int, int]:
@@ -86,6 +86,16 @@ def compile_with(jit) -> SimpleNamespace:
         return dy, dx, angle, 1.0 + max_scale * uniform(key, image, SCALE)
 
     @jit
+    def mirrored(key, image, flip):
+        """Whether the image is mirrored left to right: with ``flip`` on, one image in two, by its own draw."""
+        return flip and (draw(key, image, FLIP) & 1) == 1
+
+    @jit
+    def source_column(key, image, flip, col, width):
+        """The column the output column ``col`` reads from: itself, or its mirror image when flipped."""
+        return width - 1 - col if mirrored(key, image, flip) else col
+
+    @jit
     def inverse_map(key, image, max_shift, max_angle, max_scale):
         """(dy, dx, a, b) of one image: its output pixel (y, x) samples the input at
 
@@ -125,58 +135,67 @@ def compile_with(jit) -> SimpleNamespace:
         return (1.0 - wy) * top + wy * bottom
 
     return SimpleNamespace(mix32=mix32, draw=draw, offset=offset, uniform=uniform, transform=transform,
-                           inverse_map=inverse_map, shifted=shifted, resampled=resampled)
+                           mirrored=mirrored, source_column=source_column, inverse_map=inverse_map,
+                           shifted=shifted, resampled=resampled)
 
 
 _shared = compile_with(njit)
 _offset, _transform, _inverse_map = _shared.offset, _shared.transform, _shared.inverse_map
+_mirrored, _source_column = _shared.mirrored, _shared.source_column
 _shifted, _resampled = _shared.shifted, _shared.resampled
 
 
 @njit(parallel=True, cache=True)
-def _shift(x, out, key, max_shift, zero):
+def _shift(x, out, key, max_shift, flip, zero):
     for n in prange(x.shape[0]):
         dy, dx = _offset(key, n, DY, max_shift), _offset(key, n, DX, max_shift)
         for y in range(x.shape[1]):
             for col in range(x.shape[2]):
+                source = _source_column(key, n, flip, col, x.shape[2])
                 for c in range(x.shape[3]):
-                    out[n, y, col, c] = _shifted(x, n, y, col, c, dy, dx, zero)
+                    out[n, y, col, c] = _shifted(x, n, y, source, c, dy, dx, zero)
 
 
 @njit(parallel=True, cache=True)
-def _affine(x, out, key, max_shift, max_angle, max_scale):
+def _affine(x, out, key, max_shift, max_angle, max_scale, flip):
     for n in prange(x.shape[0]):
         dy, dx, a, b = _inverse_map(key, n, max_shift, max_angle, max_scale)
         for y in range(x.shape[1]):
             for col in range(x.shape[2]):
+                source = _source_column(key, n, flip, col, x.shape[2])
                 for c in range(x.shape[3]):
-                    out[n, y, col, c] = _resampled(x, n, y, col, c, dy, dx, a, b)
+                    out[n, y, col, c] = _resampled(x, n, y, source, c, dy, dx, a, b)
 
 
 @njit(cache=True)
-def _draws(key, max_shift, max_angle, max_scale, out):
+def _draws(key, max_shift, max_angle, max_scale, flip, out):
     for n in range(out.shape[0]):
         out[n, 0], out[n, 1], out[n, 2], out[n, 3] = _transform(key, n, max_shift, max_angle, max_scale)
+        out[n, 4] = 1.0 if _mirrored(key, n, flip) else 0.0
 
 
-def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0) -> None:
-    """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0.
+def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0, flip: bool = False) -> None:
+    """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0, and with
+    ``flip``, every other image (by its own draw) then mirrored left to right.
 
     Args: x, out: arrays of the same shape and dtype; seed, step: pick the offsets, which image n draws
     uniformly from [-max_shift, max_shift] by hashing (seed, step, first + n).
     """
-    _shift(x, out, batch_key(seed, step, first), max_shift, out.dtype.type(0))
+    _shift(x, out, batch_key(seed, step, first), max_shift, bool(flip), out.dtype.type(0))
 
 
-def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float, first: int = 0) -> None:
+def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float, first: int = 0,
+           flip: bool = False) -> None:
     """out = each image of x shifted as in ``shift``, rotated by up to ``max_angle`` radians and scaled by
-    1 +- up to ``max_scale`` about its centre, in one bilinear resample filled with 0."""
-    _affine(x, out, batch_key(seed, step, first), max_shift, float(max_angle), float(max_scale))
+    1 +- up to ``max_scale`` about its centre, in one bilinear resample filled with 0, then mirrored as in
+    ``shift``."""
+    _affine(x, out, batch_key(seed, step, first), max_shift, float(max_angle), float(max_scale), bool(flip))
 
 
-def draws(seed: int, step: int, count: int, max_shift: int, max_angle: float, max_scale: float) -> np.ndarray:
-    """The draws of images 0 .. count - 1: a (count, 4) float64 array of rows (dy, dx, angle in radians,
-    scale), as ``affine`` uses them (``shift`` uses the same dy and dx)."""
-    out = np.empty((count, 4), dtype=np.float64)
-    _draws(batch_key(seed, step), max_shift, float(max_angle), float(max_scale), out)
+def draws(seed: int, step: int, count: int, max_shift: int, max_angle: float, max_scale: float,
+          flip: bool = False) -> np.ndarray:
+    """The draws of images 0 .. count - 1: a (count, 5) float64 array of rows (dy, dx, angle in radians,
+    scale, mirrored 1 or 0), as ``affine`` uses them (``shift`` uses the same dy, dx and mirroring)."""
+    out = np.empty((count, 5), dtype=np.float64)
+    _draws(batch_key(seed, step), max_shift, float(max_angle), float(max_scale), bool(flip), out)
     return out

@@ -12,7 +12,7 @@ from ..cuda_kernels import THREADS, blocks_for, kernel, zero_of
 from .cpu import DX, DY, batch_key, compile_with
 
 _shared = compile_with(cuda.jit(device=True))
-_offset, _inverse_map = _shared.offset, _shared.inverse_map
+_offset, _inverse_map, _source_column = _shared.offset, _shared.inverse_map, _shared.source_column
 _shifted, _resampled = _shared.shifted, _shared.resampled
 
 
@@ -26,36 +26,41 @@ def _position(x, k):
 
 
 @kernel
-def _shift(x, out, key, max_shift, zero):
+def _shift(x, out, key, max_shift, flip, zero):
     k = cuda.grid(1)
     if k < out.size:
         n, y, col, c = _position(x, k)
         dy, dx = _offset(key, n, DY, max_shift), _offset(key, n, DX, max_shift)
-        out[n, y, col, c] = _shifted(x, n, y, col, c, dy, dx, zero)
+        source = _source_column(key, n, flip, col, x.shape[2])
+        out[n, y, col, c] = _shifted(x, n, y, source, c, dy, dx, zero)
 
 
 @kernel
-def _affine(x, out, key, max_shift, max_angle, max_scale):
+def _affine(x, out, key, max_shift, max_angle, max_scale, flip):
     k = cuda.grid(1)
     if k < out.size:
         n, y, col, c = _position(x, k)
         dy, dx, a, b = _inverse_map(key, n, max_shift, max_angle, max_scale)
-        out[n, y, col, c] = _resampled(x, n, y, col, c, dy, dx, a, b)
+        source = _source_column(key, n, flip, col, x.shape[2])
+        out[n, y, col, c] = _resampled(x, n, y, source, c, dy, dx, a, b)
 
 
-def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0) -> None:
-    """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0.
+def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0, flip: bool = False) -> None:
+    """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0, and with
+    ``flip``, every other image (by its own draw) then mirrored left to right.
 
     Args: x, out: device arrays of the same shape and dtype; seed, step: pick the offsets, which image n
     draws uniformly from [-max_shift, max_shift] by hashing (seed, step, first + n).
     """
     if out.size:
-        _shift[blocks_for(out.size), THREADS](x, out, batch_key(seed, step, first), max_shift, zero_of(out))
+        _shift[blocks_for(out.size), THREADS](x, out, batch_key(seed, step, first), max_shift, bool(flip), zero_of(out))
 
 
-def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float, first: int = 0) -> None:
+def affine(x, out, seed: int, step: int, max_shift: int, max_angle: float, max_scale: float, first: int = 0,
+           flip: bool = False) -> None:
     """out = each image of x shifted as in ``shift``, rotated by up to ``max_angle`` radians and scaled by
-    1 +- up to ``max_scale`` about its centre, in one bilinear resample filled with 0."""
+    1 +- up to ``max_scale`` about its centre, in one bilinear resample filled with 0, then mirrored as in
+    ``shift``."""
     if out.size:
         _affine[blocks_for(out.size), THREADS](
-            x, out, batch_key(seed, step, first), max_shift, float(max_angle), float(max_scale))
+            x, out, batch_key(seed, step, first), max_shift, float(max_angle), float(max_scale), bool(flip))

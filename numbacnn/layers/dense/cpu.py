@@ -6,7 +6,7 @@ loop would only be slower.
 
 import numpy as np
 
-from ...cpu_kernels import matmul
+from ...cpu_kernels import matmul, matmul_t
 
 
 def dense_forward(x, w, b, out):
@@ -22,5 +22,5 @@ def dense_backward_input(dy, w, dx):
 
 def dense_backward_params(x, dy, dw, db):
     """dw = x.T @ dy and db = dy summed over rows."""
-    matmul(x.T, dy, out=dw)
+    matmul_t(x, dy, out=dw)
     np.sum(dy, axis=0, out=db)
