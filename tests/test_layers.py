@@ -67,11 +67,18 @@ def conv2d_large_filter_shapes(hyper):
     return st.tuples(small, st.integers(4, 6)).map(lambda shape_channels: (*shape_channels[0][:2], shape_channels[1]))
 
 
+def pool_many_channel_shapes(hyper):
+    """As ``pool_shapes``, with 16 or 17 channels: enough for the CPU's window-by-window backward pass."""
+    return st.tuples(pool_shapes(hyper), st.integers(16, 17)).map(lambda pair: (*pair[0][:2], pair[1]))
+
+
 BUILTIN_CASES = [
     LayerCase("conv2d", hyper=conv2d_hyper, input_shape=conv2d_shapes),
     LayerCase("conv2d", hyper=conv2d_hyper.map(lambda hyper: {**hyper, "kernel_size": 3}),
               input_shape=conv2d_large_filter_shapes, id="conv2d-large-filters", max_examples=10),
     LayerCase("maxpool2d", hyper=pool_hyper, input_shape=pool_shapes),
+    LayerCase("maxpool2d", hyper=pool_hyper, input_shape=pool_many_channel_shapes, id="maxpool2d-many-channels",
+              max_examples=10),
     LayerCase("avgpool2d", hyper=pool_hyper, input_shape=pool_shapes),
     LayerCase("relu", input_shape=images_or_rows),
     LayerCase("flatten"),

@@ -327,14 +327,22 @@ def test_bench_lists_the_layers_as_the_summary_does():
     assert 0 <= report["outside_layers_ms"] <= step_ms
 
 
-def test_time_outside_the_layers_is_the_step_less_the_layers():
-    from numbacnn.bench import outside_layers_ms
+def test_time_outside_the_passes_is_what_the_step_adds_to_them(monkeypatch):
+    from numbacnn import bench
 
-    layers = [{"forward_ms": 1.0, "backward_ms": 2.0}, {"forward_ms": 0.5, "backward_ms": 0.5}]
-    # 100 images/s at batch 1: a 10 ms step, 4 ms of it in the layers.
-    assert outside_layers_ms({"batch_size": 1, "train_images_per_s": 100.0, "layers": layers}) == 6.0
-    # Timing noise can make the layers' sum exceed the step: never a negative time.
-    assert outside_layers_ms({"batch_size": 1, "train_images_per_s": 1000.0, "layers": layers}) == 0.0
+    model = Sequential("flatten dense(10)").build(seed=0)
+    x, labels = np.zeros((4, 28, 28, 1), np.float32), np.zeros(4, np.int64)
+    step = bench._train_step(model, x, labels)
+    clock = iter(range(100))  # every clock read 1 s later: each timed call "takes" 1 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    timing = dict(steps=1, repeats=3, sync=lambda: None)
+    assert bench._outside_layers_s(model, x, labels, step, timing) == 0.0  # 1 s each: nothing outside
+
+    def slow_step():
+        step()
+        next(clock)  # the step reads the clock once more: 1 s more than the passes alone
+
+    assert bench._outside_layers_s(model, x, labels, slow_step, timing) == 1.0
 
 
 @pytest.mark.data

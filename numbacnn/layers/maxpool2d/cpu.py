@@ -20,16 +20,55 @@ def maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
                     for iw in range(left, left + size_w):
                         here = ih * W + iw
                         for c in range(C):
-                            v = x[n, ih, iw, c]
-                            if v > best[c] or v != v:  # the first maximum wins ties; a NaN wins (PyTorch's rules)
-                                best[c] = v
-                                where[c] = here
+                            # Both stores happen either way (selects, not branches): the loop vectorises, and
+                            # no branch on random data is mispredicted.
+                            v, b = x[n, ih, iw, c], best[c]
+                            take = v > b or v != v  # the first maximum wins ties; a NaN wins (PyTorch's rules)
+                            best[c] = v if take else b
+                            where[c] = here if take else where[c]
+
+
+# With at least this many channels, and windows that do not overlap, the backward pass writes every input
+# gradient once (a vectorised select per window); with fewer, the select loop is too short to vectorise and
+# scattering the winners into a zeroed array is faster (measured: 3x faster for 32 channels, 4x slower for 6).
+WINDOWS_MIN_CHANNELS = 16
+
+
+def maxpool2d_backward(dy, argmax, size_h, size_w, stride_h, stride_w, dx):
+    """Each output's gradient goes to the input that won its window (added up where windows overlap), every
+    other input gradient is 0. The window is not needed for the scatter (argmax replaces it); the GPU twin,
+    which gathers, needs it."""
+    if dx.shape[3] >= WINDOWS_MIN_CHANNELS and stride_h >= size_h and stride_w >= size_w:
+        maxpool2d_backward_windows(dy, argmax, size_h, size_w, stride_h, stride_w, dx, dx.dtype.type(0))
+    else:
+        maxpool2d_backward_scatter(dy, argmax, size_h, size_w, stride_h, stride_w, dx)
 
 
 @njit(parallel=True, cache=True)
-def maxpool2d_backward(dy, argmax, size_h, size_w, stride_h, stride_w, dx):
-    """Each output's gradient goes to the input that won its window (added up where windows overlap). The
-    window is not needed here (argmax replaces it); the GPU twin, which gathers, needs it."""
+def maxpool2d_backward_windows(dy, argmax, size_h, size_w, stride_h, stride_w, dx, zero):
+    """``maxpool2d_backward`` for windows that do not overlap: window by window, each input gradient is its
+    output's gradient where it won, else ``zero``; inputs no window covers get ``zero`` too."""
+    N, H, W, C = dx.shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    for n in prange(N):
+        for ih in range(H):  # rows between or below the windows, when the stride skips some
+            if ih >= OH * stride_h or ih % stride_h >= size_h:
+                dx[n, ih] = zero
+        for oh in range(OH):
+            for ih in range(oh * stride_h, oh * stride_h + size_h):
+                for iw in range(W):  # columns between or right of the windows
+                    if iw >= OW * stride_w or iw % stride_w >= size_w:
+                        dx[n, ih, iw] = zero
+                for ow in range(OW):
+                    for iw in range(ow * stride_w, ow * stride_w + size_w):
+                        here = ih * W + iw
+                        for c in range(C):
+                            dx[n, ih, iw, c] = dy[n, oh, ow, c] if argmax[n, oh, ow, c] == here else zero
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_backward_scatter(dy, argmax, size_h, size_w, stride_h, stride_w, dx):
+    """``maxpool2d_backward`` by adding each output's gradient to its winner in a zeroed ``dx``."""
     N, H, W, C = dx.shape
     OH, OW = dy.shape[1], dy.shape[2]
     for n in prange(N):
