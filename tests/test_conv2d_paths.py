@@ -107,3 +107,26 @@ def test_the_one_channel_weight_gradient_path_matches_the_reference(n, height, w
     cpu.conv2d_backward(x.astype(np.float32), dy.astype(np.float32), w.astype(np.float32), 1, 1, pad, pad,
                         dw32, db32, None)
     np.testing.assert_allclose(dw32, dw_ref, rtol=1e-4, atol=1e-4 * np.abs(dw_ref).max())
+
+
+def test_the_backward_pass_reuses_the_patches_its_forward_pass_kept(monkeypatch):
+    """A training forward pass keeps its im2col patches in the layer's workspace; the BLAS backward pass on
+    the same input uses them (the same gradients as making them anew), and on another input makes its own."""
+    monkeypatch.setattr(cpu, "SPARSE_MAX_DENSITY", -1.0)  # the BLAS path
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(2, 6, 6, 8)), rng.normal(size=(3, 3, 8, 4)), np.zeros(4)
+    out, workspace = np.empty((2, 4, 4, 4)), {}
+    cpu.conv2d_forward(x, w, b, 1, 1, 0, 0, out, workspace=workspace)
+    assert workspace["patches_of"] is x and workspace["patches"].shape == (32, 72)
+    dy = rng.normal(size=out.shape)
+    grads = [(np.empty_like(w), np.empty(4), np.empty_like(x)) for _ in range(3)]
+    cpu.conv2d_backward(x, dy, w, 1, 1, 0, 0, *grads[0], workspace=workspace)
+    cpu.conv2d_backward(x, dy, w, 1, 1, 0, 0, *grads[1])
+    for kept, fresh in zip(grads[0], grads[1]):
+        np.testing.assert_array_equal(kept, fresh)
+    other = rng.normal(size=x.shape)
+    cpu.conv2d_backward(other, dy, w, 1, 1, 0, 0, *grads[2], workspace=workspace)  # not x: its own patches
+    np.testing.assert_allclose(grads[2][0], reference(other, w, dy, 1, 0)[1], rtol=1e-10, atol=1e-10)
+    workspace["patches"][:] = np.nan  # the kept patches really are what the backward pass on x reads
+    cpu.conv2d_backward(x, dy, w, 1, 1, 0, 0, *grads[2], workspace=workspace)
+    assert np.isnan(grads[2][0]).all()

@@ -33,6 +33,7 @@ class Conv2D(Layer):
         self._kernel = check_pair(self.name, "kernel_size", kernel_size)
         self._stride = check_pair(self.name, "stride", stride)
         self._padding = check_padding(self.name, padding)
+        self._workspace = {}  # what a training forward pass keeps for the backward pass (the kernels decide)
 
     def _geometry_for(self, in_shape) -> tuple[int, int, int, int]:
         """(top, left, out_height, out_width) for ``in_shape``."""
@@ -61,7 +62,8 @@ class Conv2D(Layer):
 
     def forward(self, x, *, training=False):
         out = self.result("out", (x.shape[0], *self.out_shape), training)
-        self.kernels.conv2d_forward(x, self.params["weight"], self.bias_or_zeros(self.filters), *self._geometry(), out)
+        self.kernels.conv2d_forward(x, self.params["weight"], self.bias_or_zeros(self.filters), *self._geometry(), out,
+                                    workspace=self._workspace if training else None)
         self._x = x if training else None
         return out
 
@@ -69,6 +71,7 @@ class Conv2D(Layer):
         x, geometry = self._x, self._geometry()
         db = self.grads["bias"] if self.bias else self.buffer("unused_db", (self.filters,))
         dx = self.result("dx", x.shape) if self.needs_input_grad else None
-        self.kernels.conv2d_backward(x, dy, self.params["weight"], *geometry, self.grads["weight"], db, dx)
+        self.kernels.conv2d_backward(x, dy, self.params["weight"], *geometry, self.grads["weight"], db, dx,
+                                     workspace=self._workspace)
         return dx
 

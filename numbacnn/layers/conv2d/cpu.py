@@ -27,21 +27,26 @@ ONE_CHANNEL_MAX_FILTERS = 32
 ONE_CHANNEL_GRAD_VECTOR = 8
 
 
-def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
-    """out[n, oh, ow, f] = b[f] + sum over kh, kw, c of x[n, ih, iw, c] * w[kh, kw, c, f]."""
+def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out, workspace=None):
+    """out[n, oh, ow, f] = b[f] + sum over kh, kw, c of x[n, ih, iw, c] * w[kh, kw, c, f].
+
+    ``workspace``: a dict the layer keeps from a training forward pass to its backward pass; the input patches
+    made here (im2col) are kept in it, so that the backward pass need not make them again.
+    """
     KH, KW, C, F = w.shape
     if KH * KW * C < GEMM_MIN_WEIGHTS:
         if C == 1 and F < ONE_CHANNEL_MAX_FILTERS and stride_h == stride_w == 1:
             return conv2d_forward_one_channel(x, w, b, pad_top, pad_left, out)
         return conv2d_forward_direct(x, w, b, stride_h, stride_w, pad_top, pad_left, out)
-    col = _im2col(x, w.shape, stride_h, stride_w, pad_top, pad_left, out.shape)
+    col = _im2col(x, w.shape, stride_h, stride_w, pad_top, pad_left, out.shape, workspace)
     rows = out.reshape((-1, F))
     matmul(col, w.reshape((-1, F)), out=rows)
     rows += b
 
 
-def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=None):
-    """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input."""
+def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=None, workspace=None):
+    """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input;
+    ``workspace``: what the forward pass on ``x`` kept there (see ``conv2d_forward``)."""
     KH, KW, C, F = w.shape
     rows = dy.reshape((-1, F))
     geometry = (stride_h, stride_w, pad_top, pad_left)
@@ -51,7 +56,7 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
         _backward_direct(x, dy, w, geometry, dw, db, dx)
     else:
         np.sum(rows, axis=0, out=db)
-        _backward_blas(x, dy, w, geometry, dw, dx)
+        _backward_blas(x, dy, w, geometry, dw, dx, workspace)
 
 
 def _backward_sparse(x, dy, w, geometry, dw, db, dx):
@@ -83,10 +88,11 @@ def _partials(weight_shape, filters: int, dtype):
             scratch("db_partial", (SPARSE_CHUNKS, filters), dtype))
 
 
-def _backward_blas(x, dy, w, geometry, dw, dx):
+def _backward_blas(x, dy, w, geometry, dw, dx, workspace):
     KH, KW, C, F = w.shape
     rows = dy.reshape((-1, F))
-    col = _im2col(x, w.shape, *geometry, dy.shape)
+    kept = workspace is not None and workspace.get("patches_of") is x
+    col = workspace["patches"] if kept else _im2col(x, w.shape, *geometry, dy.shape)
     # dw's inner dimension is every output position of the batch: a product BLAS runs well.
     matmul_t(col, rows, out=dw.reshape((-1, F)))
     if dx is None:
@@ -150,11 +156,19 @@ def backward_sparse(x, dy, w_t, stride_h, stride_w, pad_top, pad_left, partial, 
                                         back[c] += g * weights[c]
 
 
-def _im2col(x, w_shape, stride_h, stride_w, pad_top, pad_left, out_shape):
-    """The input patches as rows (one per output position), in memory kept for the next call."""
+def _im2col(x, w_shape, stride_h, stride_w, pad_top, pad_left, out_shape, workspace=None):
+    """The input patches as rows (one per output position): in ``workspace`` (for the backward pass on
+    ``x``) when given, else in memory shared by every layer and kept for the next call."""
     KH, KW, C, _ = w_shape
     N, OH, OW = out_shape[0], out_shape[1], out_shape[2]
-    col = scratch("col", (N * OH * OW, KH * KW * C), x.dtype)
+    shape = (N * OH * OW, KH * KW * C)
+    if workspace is None:
+        col = scratch("col", shape, x.dtype)
+    else:
+        col = workspace.get("patches")
+        if col is None or col.shape != shape or col.dtype != x.dtype:
+            col = workspace["patches"] = np.empty(shape, x.dtype)
+        workspace["patches_of"] = x
     im2col(x, KH, KW, stride_h, stride_w, pad_top, pad_left, OH, OW, col)
     return col
 

@@ -89,8 +89,9 @@ def _dy_col(g, p, k):
     return ((n * g[OH] + oh) * g[OW] + ow) * g[F] + f
 
 
-def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out):
-    """out[n, oh, ow, f] = b[f] + sum over kh, kw, c of x[n, ih, iw, c] * w[kh, kw, c, f]."""
+def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out, workspace=None):
+    """out[n, oh, ow, f] = b[f] + sum over kh, kw, c of x[n, ih, iw, c] * w[kh, kw, c, f]. The GPU reads the
+    patches in place, so ``workspace`` (the CPU's place for them) is not used."""
     g = _geometry(x.shape, w.shape, out.shape[1:3], stride_h, stride_w, pad_top, pad_left)
     m, r, f = g[N] * g[OH] * g[OW], g[KH] * g[KW] * g[C], g[F]
     kernel = product_kernel(_x_col, _row_major_f, True, True, True, out.dtype)
@@ -107,8 +108,9 @@ def conv2d_backward_input(dy, w, stride_h, stride_w, pad_top, pad_left, dx):
     launch_product(kernel, flat(dy), flat(w), None, dx.reshape((1, p, c)), p, c, kh * kw * f, g)
 
 
-def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=None):
-    """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input."""
+def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=None, workspace=None):
+    """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input
+    (``workspace`` as in ``conv2d_forward``)."""
     geometry = (stride_h, stride_w, pad_top, pad_left)
     conv2d_backward_params(x, dy, *geometry, dw, db)
     if dx is not None:
