@@ -34,8 +34,9 @@ def median_seconds(fn: Callable[[], None], *, steps: int, repeats: int, sync: Ca
 
 
 def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int = 5, device: str = "cpu",
-              with_torch: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Per-layer forward/backward times and training-step throughput of the network ``spec``."""
+              with_torch: bool = True, seed: int = 0, per_layer: bool = True) -> dict[str, Any]:
+    """Per-layer forward/backward times (unless ``per_layer`` is False) and training-step throughput of the
+    network ``spec``."""
     import numba
 
     model = Sequential(spec).build(seed=seed, device=device)
@@ -47,11 +48,12 @@ def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int
 
     report: dict[str, Any] = {
         "spec": model.spec, "device": device, "batch_size": batch_size, "threads": numba.get_num_threads(),
-        "steps": steps, "repeats": repeats, "layers": _layer_times(model, x, labels, timing),
+        "steps": steps, "repeats": repeats, "layers": _layer_times(model, x, labels, timing) if per_layer else [],
     }
     step = _train_step(model, x, labels)
     report["train_images_per_s"] = batch_size / median_seconds(step, **timing)
-    report["outside_layers_ms"] = 1e3 * _outside_layers_s(model, x, labels, step, timing)
+    if per_layer:
+        report["outside_layers_ms"] = 1e3 * _outside_layers_s(model, x, labels, step, timing)
     if device == "cuda":
         report["per_step"] = counts_per_step(step)
     report["inference_images_per_s"] = batch_size / median_seconds(lambda: model.forward(x), **timing)
@@ -251,10 +253,10 @@ def print_report(report: dict[str, Any], console) -> None:
         totals.add_row(f"{kind} step", f"{mine:,.0f}", f"{theirs:,.0f}" if theirs else "-",
                        f"{mine / theirs:.2f}x" if theirs else "-")
     console.print(totals)
-    step_ms = 1e3 * report["batch_size"] / report["train_images_per_s"]
-    outside = report["outside_layers_ms"]
-    console.print(f"A training step takes {step_ms:.2f} ms; {outside:.2f} ms of it ({outside / step_ms:.0%}) "
-                  f"is outside the forward and backward passes (loss and optimiser).")
+    if "outside_layers_ms" in report:
+        step_ms, outside = 1e3 * report["batch_size"] / report["train_images_per_s"], report["outside_layers_ms"]
+        console.print(f"A training step takes {step_ms:.2f} ms; {outside:.2f} ms of it ({outside / step_ms:.0%}) "
+                      f"is outside the forward and backward passes (loss and optimiser).")
     if "per_step" in report:
         made = report["per_step"]
         step_us = 1e6 * report["batch_size"] / report["train_images_per_s"]
