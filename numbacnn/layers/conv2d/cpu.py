@@ -246,7 +246,7 @@ def conv2d_forward_one_channel(x, w, b, pad_top, pad_left, out):
     order as ``conv2d_forward_direct``, so the same results to the bit, but with the output positions as the
     inner loop. An image row is contiguous when there is one channel, and a row has more positions (24 to 28)
     than such a layer has filters (6 to 16), so the vectorised loop runs longer and wastes fewer lanes."""
-    N, H, W, _ = x.shape
+    N = x.shape[0]
     KH, KW, _, F = w.shape
     OH, OW = out.shape[1], out.shape[2]
     taps = np.empty((KH, KW, F), dtype=w.dtype)  # contiguous per tap, read once per row and filter
@@ -258,17 +258,25 @@ def conv2d_forward_one_channel(x, w, b, pad_top, pad_left, out):
             for f in range(F):
                 acc[f] = b[f]
             for kh in range(KH):
-                ih = oh + kh - pad_top
-                if ih < 0 or ih >= H:
+                if not _padded_row(x, n, oh + kh - pad_top, pad_left, row):
                     continue
-                for i in range(W):
-                    row[i + pad_left] = x[n, ih, i, 0]
                 for kw in range(KW):
                     for f in range(F):
                         weight, sums = taps[kh, kw, f], acc[f]
                         for ow in range(OW):
                             sums[ow] += weight * row[ow + kw]
             out[n, oh] = acc.T
+
+
+@njit(cache=True, inline="always")
+def _padded_row(x, n, ih, pad_left, row):
+    """Copies row ``ih`` of one-channel image ``n`` into ``row`` after ``pad_left`` zeros (the padding is left
+    zero by the caller); False, and nothing copied, when ``ih`` is padding itself."""
+    if ih < 0 or ih >= x.shape[1]:
+        return False
+    for i in range(x.shape[2]):
+        row[i + pad_left] = x[n, ih, i, 0]
+    return True
 
 
 @njit(parallel=True, cache=True, fastmath=FMA)
@@ -314,7 +322,7 @@ def conv2d_backward_params_one_channel(x, dy, pad_top, pad_left, partial, partia
     and adds a padded input row times a row of gradients (transposed once per row, so both are contiguous);
     the positions are summed only at the end of the chunk. A fixed order, so results repeat bit for bit.
     """
-    N, H, W, _ = x.shape
+    N = x.shape[0]
     _, KH, KW, _, F = partial.shape
     OH, OW = dy.shape[1], dy.shape[2]
     chunks = partial.shape[0]
@@ -333,11 +341,8 @@ def conv2d_backward_params_one_channel(x, dy, pad_top, pad_left, partial, partia
                     for ow in range(OW):
                         sums_b[f, ow] += grads[f, ow]
                 for kh in range(KH):
-                    ih = oh + kh - pad_top
-                    if ih < 0 or ih >= H:
+                    if not _padded_row(x, n, oh + kh - pad_top, pad_left, row):
                         continue
-                    for i in range(W):
-                        row[i + pad_left] = x[n, ih, i, 0]
                     for kw in range(KW):
                         for f in range(F):
                             target, g = sums[kh, kw, f], grads[f]
