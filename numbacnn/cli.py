@@ -156,8 +156,8 @@ def train(
     augment: Optional[str] = typer.Option(
         None, "--augment",
         help="Random changes to each training image: none, or shift=N (up to N pixels each way), with "
-             "rotate=DEGREES, scale=FRACTION and flip (every other image mirrored left to right), e.g. "
-             "'shift=2,rotate=10' or 'shift=1,flip' (default: the network's recipe, else none).",
+             "rotate=DEGREES, scale=FRACTION and flip (each image mirrored left to right with probability one "
+             "half), e.g. 'shift=2,rotate=10' or 'shift=1,flip' (default: the network's recipe, else none).",
     ),
     validation: Optional[int] = typer.Option(
         None, "--validation", min=0,

@@ -28,9 +28,9 @@ class Augment:
 
     Args: max_shift: each image moves by whole pixels (dy, dx), each uniform on [-max_shift, max_shift];
     max_rotation: and turns by an angle uniform on [-max_rotation, max_rotation) degrees; max_scale: and
-    is scaled by 1 + u * max_scale, u uniform on [-1, 1); flip: and, one image in two, is mirrored left to
-    right (for pictures that mean the same mirrored, such as clothes; not for digits). With rotation or
-    scaling on, all of it is one bilinear resample; otherwise pixels are copied exactly.
+    is scaled by 1 + u * max_scale, u uniform on [-1, 1); flip: and, with probability one half, is mirrored
+    left to right (for pictures that mean the same mirrored, such as clothes; not for digits). With rotation
+    or scaling on, all of it is one bilinear resample; otherwise pixels are copied exactly.
     """
 
     max_shift: int = 2

@@ -87,7 +87,8 @@ def compile_with(jit) -> SimpleNamespace:
 
     @jit
     def mirrored(key, image, flip):
-        """Whether the image is mirrored left to right: with ``flip`` on, one image in two, by its own draw."""
+        """Whether the image is mirrored left to right: with ``flip`` on, with probability one half, by its own
+        draw."""
         return flip and (draw(key, image, FLIP) & 1) == 1
 
     @jit
@@ -176,7 +177,7 @@ def _draws(key, max_shift, max_angle, max_scale, flip, out):
 
 def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0, flip: bool = False) -> None:
     """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0, and with
-    ``flip``, every other image (by its own draw) then mirrored left to right.
+    ``flip``, each image mirrored left to right with probability one half (by its own draw).
 
     Args: x, out: arrays of the same shape and dtype; seed, step: pick the offsets, which image n draws
     uniformly from [-max_shift, max_shift] by hashing (seed, step, first + n).

@@ -47,7 +47,7 @@ def _affine(x, out, key, max_shift, max_angle, max_scale, flip):
 
 def shift(x, out, seed: int, step: int, max_shift: int, first: int = 0, flip: bool = False) -> None:
     """out = each image of x (N, H, W, C) moved by its own whole-pixel offset, filled with 0, and with
-    ``flip``, every other image (by its own draw) then mirrored left to right.
+    ``flip``, each image mirrored left to right with probability one half (by its own draw).
 
     Args: x, out: device arrays of the same shape and dtype; seed, step: pick the offsets, which image n
     draws uniformly from [-max_shift, max_shift] by hashing (seed, step, first + n).
