@@ -207,14 +207,17 @@ def torch_bench(model: Sequential, batch_size: int, *, device: str, steps: int, 
 
 def torch_twin(model: Sequential, torch):
     """A torch.nn.Sequential with the same architecture (NCHW); NotImplementedError for other layers."""
+    return _torch_layers(model.layers, model.input_shape[2], torch)
+
+
+def _torch_layers(layers, channels: int, torch):
+    """``layers`` (taking ``channels`` input channels) as a torch.nn.Sequential."""
     nn = torch.nn
-    modules, channels = [], model.input_shape[2]
-    for layer in model.layers:
+    modules = []
+    for layer in layers:
         cfg = layer.get_config()
         if layer.name == "conv2d":
-            padding = layer._padding if isinstance(layer._padding, str) else tuple(layer._padding)
-            modules.append(nn.Conv2d(channels, cfg["filters"], layer._kernel, stride=layer._stride,
-                                     padding=padding, bias=cfg["bias"]))
+            modules += _torch_conv2d(layer, channels, torch)
             channels = cfg["filters"]
         elif layer.name in ("maxpool2d", "avgpool2d"):
             pool = nn.MaxPool2d if layer.name == "maxpool2d" else nn.AvgPool2d
@@ -229,9 +232,42 @@ def torch_twin(model: Sequential, torch):
             modules.append(nn.Dropout(cfg["rate"]))
         elif layer.name == "dense":
             modules.append(nn.Linear(layer.in_shape[0], cfg["units"], bias=cfg["bias"]))
+        elif layer.name == "residual" and len(layer.in_shape) == 3:
+            modules.append(_torch_residual(layer, channels, torch))
+            channels = layer.out_shape[2]
         else:
             raise NotImplementedError(f"no PyTorch twin for layer {layer.name!r}; timing numbacnn only")
     return nn.Sequential(*modules)
+
+
+def _torch_conv2d(layer, channels: int, torch) -> list:
+    """A conv2d layer as torch modules, with its exact padding: "same" with a stride pads less at the top and
+    left than at the bottom and right (as Keras), which torch.nn.Conv2d cannot, so a ZeroPad2d does it then."""
+    (h, w, _), (oh, ow, _) = layer.in_shape, layer.out_shape
+    (kh, kw), (sh, sw) = layer._kernel, layer._stride
+    _, _, top, left = layer._geometry()
+    bottom, right = (oh - 1) * sh + kh - h - top, (ow - 1) * sw + kw - w - left
+    conv = torch.nn.Conv2d(channels, layer.filters, (kh, kw), stride=(sh, sw), bias=layer.bias,
+                           padding=(top, left) if (top, left) == (bottom, right) else 0)
+    return [conv] if (top, left) == (bottom, right) else [torch.nn.ZeroPad2d((left, right, top, bottom)), conv]
+
+
+def _torch_residual(block, channels: int, torch):
+    """A residual block over feature maps: its branch, plus its input or its 1x1 projection."""
+    branch = _torch_layers(block.children, channels, torch)
+    skip = torch.nn.Identity()
+    if block.projection is not None:
+        skip = torch.nn.Conv2d(channels, block.projection.filters, 1, stride=block.projection._stride, bias=False)
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branch, self.skip = branch, skip
+
+        def forward(self, x):
+            return self.branch(x) + self.skip(x)
+
+    return Residual()
 
 
 def print_report(report: dict[str, Any], console) -> None:

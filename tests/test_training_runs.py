@@ -19,7 +19,8 @@ import pytest
 from numbacnn import checkpoint
 from numbacnn.data import load_dataset
 from numbacnn.errors import CheckpointError, DataError, ShapeError, SpecError, TrainingDiverged
-from numbacnn.model import Sequential
+from numbacnn.model import Sequential, numbered_layers
+from numbacnn.presets import PRESETS
 from numbacnn.optim import SGD, Adam
 from numbacnn.outputs import RunOutputs
 from numbacnn.presets import Recipe
@@ -504,3 +505,24 @@ def test_shape_errors_name_the_layer_that_does_not_fit_memory(monkeypatch):
     model = Sequential("conv2d(8,3) relu flatten dense(10)").build()
     with pytest.raises(ShapeError, match=r"largest is layer 1 conv2d\(8\)"):
         model.check_memory(4096)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_the_pytorch_twin_of_each_named_network_has_its_shapes(name):
+    """bench compares against PyTorch running the same network: the same trainable parameters, and every
+    convolution (residual blocks and Keras's asymmetric "same" padding with a stride included) gives the
+    feature maps numbacnn's gives."""
+    torch = pytest.importorskip("torch")
+    from numbacnn.bench import torch_twin
+
+    model = Sequential(PRESETS[name]).build(seed=0)
+    twin = torch_twin(model, torch)
+    assert sum(p.numel() for p in twin.parameters()) == model.trainable_count()
+    shapes = []
+    for module in twin.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.kernel_size != (1, 1):
+            module.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
+    assert twin(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    convs = [layer for _, _, layer in numbered_layers(model.layers)
+             if layer.name == "conv2d" and layer._kernel != (1, 1)]
+    assert shapes == [(conv.out_shape[2], *conv.out_shape[:2]) for conv in convs]
