@@ -63,9 +63,9 @@ RECIPES = {
 
 # Where a network is trained differently on one data set: (network, data set) -> its recipe there.
 DATASET_RECIPES = {
-    # Clothes mean the same mirrored, digits do not: Fashion-MNIST gets left-right flips, and shifts of one
-    # pixel rather than two, since this network underfits it (bench/README.md).
-    ("small-resnet", "fashion-mnist"): replace(RECIPES["small-resnet"], augment="shift=1,flip"),
+    # This network underfits Fashion-MNIST with shifts of two pixels: measured, shifts of one reached 93.05%
+    # where two reached 92.44%, and adding left-right flips 92.86% (bench/README.md).
+    ("small-resnet", "fashion-mnist"): replace(RECIPES["small-resnet"], augment="shift=1"),
 }
 
 
