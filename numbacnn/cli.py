@@ -473,7 +473,8 @@ def list_models():
     from .model import Sequential
     from .presets import DATASET_RECIPES, preset_recipe
 
-    table = Table("name", "parameters", "epochs", "batch", "optimiser", "lr", "schedule", "augment", "layers")
+    table = Table("name", "parameters", "epochs", "batch", "optimiser", "lr", "schedule", "augment", "validation",
+                  "layers")
     for name, spec in PRESETS.items():
         size = f"{Sequential(spec).build().count_params():,}"
         datasets = [None] + [dataset for network, dataset in DATASET_RECIPES if network == name]
@@ -482,6 +483,7 @@ def list_models():
             lr = "default" if recipe.lr is None else f"{recipe.lr:g}"
             table.add_row(name if dataset is None else f"{name} -d {dataset}", size, str(recipe.epochs),
                           str(recipe.batch_size), recipe.optimizer, lr, recipe.schedule, recipe.augment,
+                          f"{_validation_size(None, recipe.validation):,}",
                           escape(spec) if dataset is None else "the same")
     out.print(table)
 

@@ -63,9 +63,10 @@ RECIPES = {
 
 # Where a network is trained differently on one data set: (network, data set) -> its recipe there.
 DATASET_RECIPES = {
-    # This network underfits Fashion-MNIST with shifts of two pixels: measured, shifts of one reached 93.05%
-    # where two reached 92.44%, and adding left-right flips 92.86% (bench/README.md).
-    ("small-resnet", "fashion-mnist"): replace(RECIPES["small-resnet"], augment="shift=1"),
+    # This network underfits Fashion-MNIST: shifts of one pixel reached 93.05% where two reached 92.44% (flips
+    # added: 92.86%; none: 92.17%), and all 60,000 images with no validation pass 93.40%; its best epoch by
+    # validation was the last one anyway (bench/README.md).
+    ("small-resnet", "fashion-mnist"): replace(RECIPES["small-resnet"], augment="shift=1", validation=0),
 }
 
 

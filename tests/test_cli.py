@@ -143,15 +143,17 @@ def test_models_lists_every_preset_with_its_recipe():
     assert result.exit_code == 0, result.output
     for name in PRESETS:
         assert table_row(result.output, name)
-    assert table_row(result.output, "small-resnet")[2:8] == ["15", "64", "adam", "0.002", "cosine", "shift=2"]
+    assert table_row(result.output, "small-resnet")[2:9] == ["15", "64", "adam", "0.002", "cosine", "shift=2", "5,000"]
     fashion = table_row(result.output, "small-resnet -d fashion-mnist")
-    assert fashion[2:8] == ["15", "64", "adam", "0.002", "cosine", "shift=1"]
+    assert fashion[2:9] == ["15", "64", "adam", "0.002", "cosine", "shift=1", "0"]
+    assert table_row(result.output, "fast")[8] == "0"
 
 
 def test_a_recipe_may_differ_by_data_set():
     from numbacnn.presets import preset_recipe
 
-    assert preset_recipe("small-resnet", "fashion-mnist").augment == "shift=1"
+    fashion = preset_recipe("small-resnet", "fashion-mnist")
+    assert (fashion.augment, fashion.validation, fashion.epochs) == ("shift=1", 0, 15)
     assert preset_recipe("small-resnet", "mnist") == preset_recipe("small-resnet") == preset_recipe("small-resnet", None)
     assert preset_recipe("keras-convnet", "fashion-mnist") == preset_recipe("keras-convnet")
     assert preset_recipe(None, "fashion-mnist").augment == "none"
@@ -181,6 +183,7 @@ def test_a_named_network_brings_its_recipe_and_options_win(tmp_path, datasets_di
     fashion = run("train", "-m", "small-resnet", *common, "-d", "fashion-mnist", "-o", tmp_path / "c.npz")
     assert fashion.exit_code == 0, fashion.output
     assert "on fashion-mnist" in fashion.output and "augmentation shift=1," in fashion.output
+    assert "256 images (0 held out for validation)" in fashion.output
 
 
 def test_custom_layers_use_the_general_defaults(tmp_path, datasets_dir):
