@@ -623,7 +623,7 @@ def show_features(
     else:
         x_test, y_test = _load_split(dataset, "test", data_dir)
         _check_index(index, len(x_test))
-        x, what = x_test[index], f"test image #{index} (a {names[y_test[index]]}):"
+        x, what = x_test[index], f"test image #{index} (labelled {names[y_test[index]]}):"
     p = net.predict(x[None])[0]
     title = f"Feature maps of {what} the network says {names[p.argmax()]} ({p.max():.1%})"
     _save_picture(features_figure(net, x, title), output, "the feature maps")
