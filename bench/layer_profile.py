@@ -18,7 +18,7 @@ import numba
 from threadpoolctl import threadpool_limits
 
 from numbacnn.bench import TIMING_LR, run_bench, torch_twin
-from numbacnn.model import Sequential, numbered_layers
+from numbacnn.model import Sequential
 from numbacnn.presets import PRESETS
 
 
@@ -32,7 +32,7 @@ def conv_gflop(layer, batch: int, first: bool) -> tuple[float, float]:
 def numbacnn_rows(name: str, batch: int, steps: int, repeats: int) -> list[str]:
     report = run_bench(PRESETS[name], batch_size=batch, steps=steps, repeats=repeats, with_torch=False)
     model = Sequential(PRESETS[name]).build(seed=0)
-    layers = [layer for _, depth, layer in numbered_layers(model.layers) if depth == 0]
+    layers = model.layers  # the rows of the report: the top-level layers, a block as one
     rows = ["| layer | output | forward ms | backward ms | conv GFLOP/s forward / backward |", "|---|---|---|---|---|"]
     for i, (layer, row) in enumerate(zip(layers, report["layers"])):
         speed = ""

@@ -44,10 +44,16 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         if parts == 1:
             return np.matmul(a, b, out=out)
         bounds = np.linspace(0, a.shape[0], parts + 1).astype(int)
-        jobs = [_pool().submit(np.matmul, a[lo:hi], b, out=out[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        for job in jobs:
-            job.result()
+        _side_by_side([lambda lo=lo, hi=hi: np.matmul(a[lo:hi], b, out=out[lo:hi])
+                       for lo, hi in zip(bounds[:-1], bounds[1:])])
     return out
+
+
+def _side_by_side(calls) -> None:
+    """Runs the ``calls`` on our threads, each on its own, and waits for all (BLAS limited by the caller)."""
+    jobs = [_pool().submit(call) for call in calls]
+    for job in jobs:
+        job.result()
 
 
 # A product whose inner dimension is long (a weight gradient: every output position of a batch) and whose
@@ -73,9 +79,7 @@ def matmul_t(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 
     threads = min(numba.get_num_threads(), blocks)
     with _blas_controller().limit(limits=1, user_api="blas"):
-        jobs = [_pool().submit(products, range(t, blocks, threads)) for t in range(threads)]
-        for job in jobs:
-            job.result()
+        _side_by_side([lambda t=t: products(range(t, blocks, threads)) for t in range(threads)])
     out[:] = partial[0]
     for i in range(1, blocks):
         out += partial[i]
