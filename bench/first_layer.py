@@ -40,7 +40,7 @@ def main() -> None:
         batch = RECIPES.get(name, Recipe()).batch_size
         x = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
         w, b = conv.params["weight"], conv.bias_or_zeros(conv.filters)
-        sh, sw, top, left = conv._geometry()
+        sh, sw, top, left = conv._strides_and_padding()
         out = np.empty((batch, *conv.out_shape), np.float32)
         one = lambda: cpu.conv2d_forward_one_channel(x, w, b, top, left, out)  # noqa: E731
         direct = lambda: cpu.conv2d_forward_direct(x, w, b, sh, sw, top, left, out)  # noqa: E731

@@ -5,11 +5,27 @@
     >>> numbacnn.save(model, "model.npz")
 
 Layers come from the entry-point group ``numbacnn.layers`` (see ``numbacnn.registry``); ``numbacnn.testing``
-is the conformance kit for layer plug-ins.
+is the conformance kit for layer plug-ins. ``numbacnn.run.train(numbacnn.RunConfig(...))`` runs what
+``numbacnn train`` runs.
 """
 
 import os
-from importlib.metadata import PackageNotFoundError, version
+import sys
+
+
+def _interrupted_while_starting(kind, value, traceback, _python=sys.excepthook):
+    """Ctrl-C while the ``numbacnn`` command is still loading ends as it does during a command: one word,
+    no traceback (the command's own handler is not in place yet)."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.stderr.write("Interrupted.\n")
+    else:
+        _python(kind, value, traceback)
+
+
+if os.path.basename(sys.argv[0] if sys.argv else "") == "numbacnn":  # the console script, nothing else
+    sys.excepthook = _interrupted_while_starting
+
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
 # Numba's OpenMP threads otherwise spin for a while after each parallel loop, and on a small machine they
 # then take the cores from the BLAS product that runs next (that cost a third of a training step on two
@@ -45,11 +61,15 @@ from .model import Sequential
 from .optim import SGD, Adam
 from .presets import PRESETS
 from .registry import registry
+from .run import Reporter, RunConfig, RunResult
 from .train import RunState, TrainingInterrupted, evaluate, fit, prepare_images
+
+# A layer from code, as its spec text makes it: what a block's __init__ calls to make its inner layers.
+make_layer = registry.make
 
 __all__ = [
     "SGD", "Adam", "Block", "CheckpointError", "DataError", "DeviceError", "ExportError", "Layer", "NumbacnnError",
-    "OutputError", "PRESETS", "PluginError", "RunState", "Sequential", "ShapeError", "SpecError", "TrainingDiverged",
-    "TrainingInterrupted", "evaluate", "fit", "load", "load_resume", "prepare_images", "registry", "save",
+    "OutputError", "PRESETS", "PluginError", "Reporter", "RunConfig", "RunResult", "RunState", "Sequential",
+    "ShapeError", "SpecError", "TrainingDiverged", "TrainingInterrupted", "evaluate", "fit", "load", "load_resume", "make_layer", "prepare_images", "registry", "save",
     "save_resume",
 ]

@@ -12,11 +12,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .layers.maxpool2d import MaxPoolThenReLU
+from .errors import SpecError
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import Adam
-from .train import DeviceSteps, RunState
+from .steps import make_stepper
+from .train import RunState
 
 
 def median_seconds(fn: Callable[[], None], *, steps: int, repeats: int, sync: Callable[[], None]) -> float:
@@ -39,7 +40,11 @@ def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int
     network ``spec``."""
     import numba
 
-    model = Sequential(spec).build(seed=seed, device=device)
+    model = Sequential(spec).build(seed=seed, device=device, batch_size=batch_size)
+    if len(model.output_shape) != 1:  # the training steps it times score classes
+        raise SpecError(f"bench times training steps, which need a network ending in class scores, but this one "
+                        f"ends in shape {model.output_shape}; end the layers with flatten dense(10).")
+    model.check_memory(batch_size)  # from the shapes, before a batch is allocated
     dev = model.device
     rng = np.random.default_rng(seed)
     x = dev.to_device(rng.random((batch_size, *model.input_shape), dtype=np.float32))
@@ -54,11 +59,11 @@ def run_bench(spec: str, *, batch_size: int = 128, steps: int = 20, repeats: int
     report["train_images_per_s"] = batch_size / median_seconds(step, **timing)
     if per_layer:
         report["outside_layers_ms"] = 1e3 * _outside_layers_s(model, x, labels, step, timing)
-    if device == "cuda":
-        report["per_step"] = counts_per_step(step)
+    if dev.counts() is not None:  # a device whose launches, allocations and copies cost the host time
+        report["per_step"] = counts_per_step(step, dev)
     report["inference_images_per_s"] = batch_size / median_seconds(lambda: model.forward(x), **timing)
     if with_torch:
-        report["torch"] = torch_bench(model, batch_size, device=device, steps=steps, repeats=repeats, seed=seed)
+        report["torch"] = torch_bench(model, batch_size, steps=steps, repeats=repeats, seed=seed)
         if "train_images_per_s" in report["torch"]:
             report["train_ratio"] = report["train_images_per_s"] / report["torch"]["train_images_per_s"]
             report["inference_ratio"] = report["inference_images_per_s"] / report["torch"]["inference_images_per_s"]
@@ -87,35 +92,22 @@ TIMING_LR = 1e-9
 
 
 def _train_step(model: Sequential, x, labels) -> Callable[[], None]:
-    loss_fn, optimizer = SoftmaxCrossEntropy(model.device), Adam(lr=TIMING_LR)
-    if model.device.name == "cuda":  # the step ``fit`` takes on one GPU, which reads nothing back
-        on_device = DeviceSteps(model, x, labels, len(labels))
-        on_device.start_epoch(np.arange(len(labels)), RunState())
-
-        def gpu_step():
-            on_device.forward_backward(model, loss_fn, 0, None, 0, 0)
-            optimizer.step(model)
-
-        return gpu_step
-
-    def step():
-        _, dlogits, _ = loss_fn(model.forward(x, training=True), labels)
-        model.backward(dlogits)
-        optimizer.step(model)
-
-    return step
+    """The step ``fit`` takes on this device, over and over on the batch ``x``."""
+    stepper = make_stepper(model, Adam(lr=TIMING_LR), SoftmaxCrossEntropy(model.device), x, labels, len(labels))
+    run = RunState()
+    stepper.start_epoch(np.arange(len(labels)), run)
+    return lambda: stepper.step(run, 0, 0)
 
 
-def counts_per_step(step: Callable[[], None], steps: int = 3) -> dict[str, float]:
+def counts_per_step(step: Callable[[], None], device, steps: int = 3) -> dict[str, float]:
     """The kernel launches, device allocations and host-device transfers that numbacnn makes per call of
-    ``step`` (a training step on the GPU), after a first call that warms up."""
-    from .device import CUDA_COUNTS
-
+    ``step`` (a training step on ``device``, which counts them), after a first call that warms up."""
+    counts = device.counts()
     step()
-    before = CUDA_COUNTS.snapshot()
+    before = counts.snapshot()
     for _ in range(steps):
         step()
-    made = CUDA_COUNTS - before
+    made = counts - before
     return {what: getattr(made, what) / steps for what in ("launches", "allocations", "transfers")}
 
 
@@ -125,20 +117,23 @@ def _layer_times(model: Sequential, x, labels, timing) -> list[dict[str, Any]]:
     inputs, dys = _one_training_step(model, x, labels)
     rows = {}
     written_next = dict(zip(map(id, model.layers), model.layers[1:]))
-    for layer, x_in, dy in zip(model.execution_order, inputs, dys):
-        forward_s = median_seconds(lambda: layer.forward(x_in, training=True), **timing)
-        both_s = median_seconds(lambda: (layer.forward(x_in, training=True), layer.backward(dy)), **timing)
-        # Listed as the summary lists them; a relu that runs after its max pooling says so.
-        after = getattr(written_next.get(id(layer)), "name", "")
-        moved = " (runs after the pooling)" if layer.name == "relu" and after == "maxpool2d" else ""
-        row = {"layer": repr(layer) + moved, "out_shape": list(layer.out_shape),
+    for step, x_in, dy in zip(model.execution_order, inputs, dys):
+        forward_s = median_seconds(lambda: step.forward(x_in, training=True), **timing)
+        both_s = median_seconds(lambda: (step.forward(x_in, training=True), step.backward(dy)), **timing)
+        # Listed as the summary lists them; a layer that runs after the one written after it says so.
+        after = written_next.get(id(step))
+        moved = f" (runs after the {after.name})" if after is not None and type(step) in after.moves_ahead_of else ""
+        row = {"layer": repr(step) + moved, "out_shape": list(step.out_shape),
                "forward_ms": forward_s * 1e3, "backward_ms": max(both_s - forward_s, 0.0) * 1e3}
-        if isinstance(layer, MaxPoolThenReLU):  # one kernel each way does both: the pooling's row has the time
-            rows[id(layer.pool)] = {**row, "layer": f"{layer.pool!r} (with the relu after it)"}
-            rows[id(layer.relu)] = {"layer": f"{layer.relu!r} (done by the pooling)",
-                                    "out_shape": list(layer.relu.out_shape), "forward_ms": 0.0, "backward_ms": 0.0}
+        parts = getattr(step, "parts", None)  # layers run as one step: the first one's row has the time
+        if parts is not None:
+            first, *others = parts
+            rows[id(first)] = {**row, "layer": f"{first!r} (with the {' '.join(map(repr, others))} after it)"}
+            for other in others:
+                rows[id(other)] = {"layer": f"{other!r} (done by the {first.name})",
+                                   "out_shape": list(other.out_shape), "forward_ms": 0.0, "backward_ms": 0.0}
         else:
-            rows[id(layer)] = row
+            rows[id(step)] = row
     return [rows[id(layer)] for layer in model.layers]
 
 
@@ -163,8 +158,9 @@ def _copy(model: Sequential, array):
 # -- the same network in PyTorch -----------------------------------------------------------------------------
 
 
-def torch_bench(model: Sequential, batch_size: int, *, device: str, steps: int, repeats: int, seed: int) -> dict:
-    """The PyTorch twin of ``model`` timed the same way; {"skipped": reason} when that is not possible."""
+def torch_bench(model: Sequential, batch_size: int, *, steps: int, repeats: int, seed: int) -> dict:
+    """The PyTorch twin of ``model``, on the same device, timed the same way; {"skipped": reason} when that
+    is not possible."""
     try:
         import torch
     except ImportError:
@@ -177,16 +173,15 @@ def torch_bench(model: Sequential, batch_size: int, *, device: str, steps: int, 
 
     torch.manual_seed(seed)
     torch.set_num_threads(numba.get_num_threads())
-    target = torch.device("cuda" if device == "cuda" else "cpu")
-    if device == "cuda":
-        torch.backends.cudnn.benchmark = True
+    target = torch.device(model.device.name)  # numbacnn's device names are PyTorch's
+    torch.backends.cudnn.benchmark = True  # (only cuDNN reads it)
     net = net.to(target)
     c, h, w = model.input_shape[2], model.input_shape[0], model.input_shape[1]
     x = torch.rand(batch_size, c, h, w, device=target)
     labels = torch.randint(0, model.output_shape[0], (batch_size,), device=target)
     optimizer = torch.optim.Adam(net.parameters(), lr=TIMING_LR)
     loss_fn = torch.nn.CrossEntropyLoss()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if model.device.asynchronous else (lambda: None)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -206,68 +201,9 @@ def torch_bench(model: Sequential, batch_size: int, *, device: str, steps: int, 
 
 
 def torch_twin(model: Sequential, torch):
-    """A torch.nn.Sequential with the same architecture (NCHW); NotImplementedError for other layers."""
-    return _torch_layers(model.layers, model.input_shape[2], torch)
-
-
-def _torch_layers(layers, channels: int, torch):
-    """``layers`` (taking ``channels`` input channels) as a torch.nn.Sequential."""
-    nn = torch.nn
-    modules = []
-    for layer in layers:
-        cfg = layer.get_config()
-        if layer.name == "conv2d":
-            modules += _torch_conv2d(layer, channels, torch)
-            channels = cfg["filters"]
-        elif layer.name in ("maxpool2d", "avgpool2d"):
-            pool = nn.MaxPool2d if layer.name == "maxpool2d" else nn.AvgPool2d
-            modules.append(pool(layer._size, stride=layer._stride))
-        elif layer.name == "relu":
-            modules.append(nn.ReLU())
-        elif layer.name == "batchnorm2d":  # the same momentum convention as PyTorch's
-            modules.append(nn.BatchNorm2d(channels, eps=cfg["eps"], momentum=cfg["momentum"]))
-        elif layer.name == "flatten":
-            modules.append(nn.Flatten())
-        elif layer.name == "dropout":
-            modules.append(nn.Dropout(cfg["rate"]))
-        elif layer.name == "dense":
-            modules.append(nn.Linear(layer.in_shape[0], cfg["units"], bias=cfg["bias"]))
-        elif layer.name == "residual" and len(layer.in_shape) == 3:
-            modules.append(_torch_residual(layer, channels, torch))
-            channels = layer.out_shape[2]
-        else:
-            raise NotImplementedError(f"no PyTorch twin for layer {layer.name!r}; timing numbacnn only")
-    return nn.Sequential(*modules)
-
-
-def _torch_conv2d(layer, channels: int, torch) -> list:
-    """A conv2d layer as torch modules, with its exact padding: "same" with a stride pads less at the top and
-    left than at the bottom and right (as Keras), which torch.nn.Conv2d cannot, so a ZeroPad2d does it then."""
-    (h, w, _), (oh, ow, _) = layer.in_shape, layer.out_shape
-    (kh, kw), (sh, sw) = layer._kernel, layer._stride
-    _, _, top, left = layer._geometry()
-    bottom, right = (oh - 1) * sh + kh - h - top, (ow - 1) * sw + kw - w - left
-    conv = torch.nn.Conv2d(channels, layer.filters, (kh, kw), stride=(sh, sw), bias=layer.bias,
-                           padding=(top, left) if (top, left) == (bottom, right) else 0)
-    return [conv] if (top, left) == (bottom, right) else [torch.nn.ZeroPad2d((left, right, top, bottom)), conv]
-
-
-def _torch_residual(block, channels: int, torch):
-    """A residual block over feature maps: its branch, plus its input or its 1x1 projection."""
-    branch = _torch_layers(block.children, channels, torch)
-    skip = torch.nn.Identity()
-    if block.projection is not None:
-        skip = torch.nn.Conv2d(channels, block.projection.filters, 1, stride=block.projection._stride, bias=False)
-
-    class Residual(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.branch, self.skip = branch, skip
-
-        def forward(self, x):
-            return self.branch(x) + self.skip(x)
-
-    return Residual()
+    """A torch.nn.Sequential with the same architecture (NCHW), from each layer's ``to_torch``;
+    NotImplementedError naming a layer that has none."""
+    return torch.nn.Sequential(*(layer.to_torch(torch) for layer in model.layers))
 
 
 def print_report(report: dict[str, Any], console) -> None:

@@ -14,6 +14,7 @@ the children's output) and the forward and backward passes, using ``forward_chil
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,27 +24,19 @@ from .layer import Layer, Shape
 
 
 def run_order(layers: list[Layer]) -> list:
-    """The order a chain of layers runs in: as written, except that a relu followed by max pooling runs after it.
-
-    ReLU and max pooling commute (max(relu(a), relu(b)) = relu(max(a, b)), and the gradient goes to the same
-    input, or is zero, either way), so the outputs and gradients are exactly the same, while the ReLU then
-    touches a quarter of the values for 2x2 pooling. The layers keep the shapes they were built with, as the
-    summary shows them: ReLU works on whatever shape it is given.
-
-    Where the pooling's kernels can do the ReLU as well (on the GPU, where every launch costs more than the
-    ReLU's arithmetic), the two then run as one step, ``MaxPoolThenReLU``.
-    """
-    from .layers.maxpool2d import MaxPool2D, MaxPoolThenReLU
-    from .layers.relu import ReLU
-
+    """The order a chain of layers runs in: as written, except where a layer declares that the one written
+    just before it runs just after it (``Layer.moves_ahead_of``: max pooling, for a ReLU), and where two
+    layers in a row run as one step (``Layer.fused_with``). Outputs and gradients are exactly those of the
+    order as written. The layers keep the shapes they were built with, as the summary shows them."""
     order = list(layers)
     for i in range(len(order) - 1):
-        if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
+        if type(order[i]) in order[i + 1].moves_ahead_of:
             order[i], order[i + 1] = order[i + 1], order[i]
     steps = []
     for layer in order:
-        if type(layer) is ReLU and steps and type(steps[-1]) is MaxPool2D and steps[-1].fuses_relu:
-            steps[-1] = MaxPoolThenReLU(steps[-1], layer)
+        fused = steps[-1].fused_with(layer) if steps else None
+        if fused is not None:
+            steps[-1] = fused
         else:
             steps.append(layer)
     return steps
@@ -73,6 +66,20 @@ def forward_chain(order: list[Layer], x, training: bool):
     for layer in order:
         x = layer.forward(x, training=training)
     return x
+
+
+def forward_chain_for_gradients(order: list, x):
+    """The evaluation-time outputs of a chain, keeping what ``backward_chain`` needs for their gradients."""
+    for step in order:
+        x = forward_for_gradients(step, x)
+    return x
+
+
+def forward_for_gradients(step, x):
+    """``step.forward_for_gradients(x)``, or for a step that is not a ``Layer`` (two layers run as one),
+    its training pass."""
+    hook = getattr(step, "forward_for_gradients", None)
+    return hook(x) if hook is not None else step.forward(x, training=True)
 
 
 def backward_chain(order: list[Layer], dy):
@@ -137,6 +144,8 @@ class Block(Layer):
     ``backward``. ``devices`` lists where the block's own kernels run; the children check theirs when built.
     """
 
+    holds_layers = True
+
     def __init__(self, layers=""):
         super().__init__()
         self.children: list[Layer] = children_from(self.name, layers)
@@ -165,7 +174,18 @@ class Block(Layer):
         raise NotImplementedError
 
     def forward_children(self, x, training: bool):
+        if getattr(self, "_for_gradients", False):  # see forward_for_gradients
+            return forward_chain_for_gradients(self.execution_order, x)
         return forward_chain(self.execution_order, x, training)
+
+    def forward_for_gradients(self, x):
+        """The block's ``forward`` while training, its children running through their own
+        ``forward_for_gradients`` (see ``Layer.forward_for_gradients``)."""
+        self._for_gradients = True
+        try:
+            return self.forward(x, training=True)
+        finally:
+            self._for_gradients = False
 
     def backward_children(self, dy):
         """The children's input gradient (None when the block need not give one); fills their grads."""
@@ -203,6 +223,34 @@ def children_from(name: str, layers) -> list[Layer]:
     if not children:
         raise SpecError(f"{name} needs at least one layer inside its parentheses, e.g. {name}(conv2d(8,3,padding=same) relu).")
     return children
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where ``layer`` sits among a chain's layers and their blocks' children: ``key`` counts from 0 and
+    names a block's own children as the block does ("0", "3.0", "3.skip"; saved random states are keyed by
+    it), ``index`` numbers as ``numbacnn summary`` shows ("1", "4.1", "4.skip"), ``depth`` is 0 for the
+    chain's own layers and 1 and more inside blocks."""
+
+    key: str
+    index: str
+    depth: int
+    layer: Layer
+
+
+def walk(layers: list[Layer]) -> Iterator[Place]:
+    """Every layer of the chain ``layers``, each block followed by its children at every depth: the one walk
+    that numbering, random states, batch parts and pictures all take."""
+    for i, layer in enumerate(layers):
+        yield from _walk_from(layer, str(i), str(i + 1), 0)
+
+
+def _walk_from(layer: Layer, key: str, index: str, depth: int) -> Iterator[Place]:
+    yield Place(key, index, depth, layer)
+    if isinstance(layer, Block):
+        for n, (child_key, child) in enumerate(layer.named_children()):
+            child_index = f"{index}.{n + 1}" if child_key.isdigit() else f"{index}.{child_key}"
+            yield from _walk_from(child, f"{key}.{child_key}", child_index, depth + 1)
 
 
 def is_block(cls: Any) -> bool:

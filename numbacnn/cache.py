@@ -65,7 +65,19 @@ def use_kernel_cache(version: str) -> Path:
     return folder
 
 
+def outside_missing_home(folder: Path) -> bool:
+    """False when ``folder`` lies in a home folder that does not exist: numbacnn makes its own folders,
+    never a missing home (a mistyped or unset HOME)."""
+    try:
+        home = Path.home()
+    except (KeyError, RuntimeError):  # no home at all
+        return True
+    return home.is_dir() or not folder.expanduser().absolute().is_relative_to(home)
+
+
 def _writable(folder: Path) -> bool:
+    if not outside_missing_home(folder):
+        return False
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"

@@ -9,12 +9,11 @@ same bits on every run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
 from numba import config, cuda, from_dtype
-
-from .device import CUDA_COUNTS
 
 # The simulator runs every CUDA thread as a Python thread: smaller blocks keep it fast and make small test
 # shapes span several blocks, so the edges between blocks are exercised. The kernels are the same.
@@ -36,6 +35,28 @@ MAX_GRID_YZ = 65535
 
 
 # -- kernels that count their launches ------------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    """What numbacnn has asked of the GPU: kernel launches, device allocations, and copies between host and
+    device. Each costs the host microseconds (an allocation may also wait for the GPU, a copy to the host
+    always does), so a training step should make as few as it can; ``numbacnn bench`` reports them per step."""
+
+    launches: int = 0
+    allocations: int = 0
+    transfers: int = 0
+
+    def snapshot(self) -> Counts:
+        return Counts(self.launches, self.allocations, self.transfers)
+
+    def __sub__(self, earlier: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)))
+
+
+# Every CUDA kernel launcher, allocation and copy in numbacnn counts itself here (``kernel`` below, and
+# ``numbacnn.device.CudaDevice``).
+CUDA_COUNTS = Counts()
 
 
 def kernel(function):

@@ -1,13 +1,15 @@
-"""Where arrays live: "cpu" (NumPy arrays) or "cuda" (Numba device arrays).
+"""Where arrays live and kernels run: "cpu" (NumPy arrays) or "cuda" (Numba device arrays).
 
 A layer never asks which device it runs on; it allocates through its ``Device`` and calls the kernels that
-``kernels_for`` hands it, so one layer class serves both.
+``kernels_for`` hands it, so one layer class serves both. Nothing outside this module compares a device's
+name or probes what kind of array it holds: it asks the device (``asynchronous``, ``is_device_array``,
+``gather_batch``, ``counts``). A new backend is a ``Device`` subclass here, listed in ``DEVICES``, plus a
+``<package>/<name>.py`` kernel file beside each ``cpu.py``.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, fields
 from functools import lru_cache
 from types import ModuleType
 
@@ -15,31 +17,64 @@ import numpy as np
 
 from .errors import DeviceError
 
-DEVICES = ("cpu", "cuda")
-
-
-@dataclass
-class Counts:
-    """What numbacnn has asked of the GPU: kernel launches, device allocations, and copies between host and
-    device. Each costs the host microseconds (an allocation may also wait for the GPU, a copy to the host
-    always does), so a training step should make as few as it can; ``numbacnn bench`` reports them per step."""
-
-    launches: int = 0
-    allocations: int = 0
-    transfers: int = 0
-
-    def snapshot(self) -> Counts:
-        return Counts(self.launches, self.allocations, self.transfers)
-
-    def __sub__(self, earlier: Counts) -> Counts:
-        return Counts(*(getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)))
-
-
-# Every CUDA kernel launcher, allocation and copy in numbacnn counts itself here (see ``cuda_kernels.kernel``).
-CUDA_COUNTS = Counts()
-
 
 class Device:
+    """What every device offers. ``name`` is also the name of its kernel files; ``asynchronous`` says
+    whether kernels run while the host goes on (then reading a result back waits for them, and a training
+    step should read as little as it can: ``numbacnn.steps``)."""
+
+    name: str = ""
+    asynchronous = False
+
+    def empty(self, shape, dtype):
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype):
+        raise NotImplementedError
+
+    def to_device(self, array):
+        """``array`` (a host array, or one of this device's) as an array of this device."""
+        raise NotImplementedError
+
+    def to_host(self, array) -> np.ndarray:
+        raise NotImplementedError
+
+    def copy_into(self, target, source) -> None:
+        """Overwrites ``target`` (an array on this device) with ``source`` (same size, on the host or here),
+        keeping ``target`` the same memory: views of it see the new values."""
+        raise NotImplementedError
+
+    def take(self, array, indices: np.ndarray):
+        """``array[indices]`` along the first axis, on this device (``indices`` is a host int array)."""
+        raise NotImplementedError
+
+    def gather_batch(self, images, labels, order, start: int, x_out, targets_out) -> None:
+        """A training batch gathered where the arrays are: for each row i of ``x_out``, x_out[i] =
+        images[order[start + i]], and targets_out[i] the one-hot row of labels[order[start + i]]."""
+        raise NotImplementedError
+
+    def is_device_array(self, array) -> bool:
+        """Whether ``array`` is an array of this device that the host cannot read directly."""
+        return False
+
+    def synchronize(self) -> None:
+        """Waits until every kernel launched so far has finished."""
+
+    def free_memory(self) -> int | None:
+        """Bytes that can still be allocated here, or None when it cannot tell."""
+        return None
+
+    def counts(self):
+        """The ``Counts`` of launches, allocations and transfers this device keeps, or None when nothing
+        numbacnn asks of it costs more than the call (the CPU)."""
+        return None
+
+    def spread_over(self, group) -> None:
+        """Makes this process of a parallel run (``numbacnn.distributed.Group``) use its own share of the
+        device, when there are several of its kind on the machine."""
+
+
+class CpuDevice(Device):
     """The CPU: arrays are NumPy arrays and every call is synchronous."""
 
     name = "cpu"
@@ -57,20 +92,19 @@ class Device:
         return np.asarray(array)
 
     def copy_into(self, target, source) -> None:
-        """Overwrites ``target`` (an array on this device) with ``source`` (same size, on the host or here),
-        keeping ``target`` the same memory: views of it see the new values."""
         target.reshape(-1)[...] = np.asarray(source, dtype=target.dtype).reshape(-1)
 
     def take(self, array, indices: np.ndarray):
-        """``array[indices]`` along the first axis, on this device (``indices`` is a host int array)."""
         return np.take(array, indices, axis=0)
 
-    def synchronize(self) -> None:
-        pass
+    def gather_batch(self, images, labels, order, start: int, x_out, targets_out) -> None:
+        rows = np.asarray(order[start:start + len(x_out)])
+        np.take(images, rows, axis=0, out=x_out)
+        targets_out[...] = 0
+        targets_out[np.arange(len(rows)), np.asarray(labels)[rows]] = 1
 
     def free_memory(self) -> int | None:
-        """Bytes that can still be allocated here (the memory the system reports available), or None
-        when it cannot tell."""
+        """The memory the system reports available, or None when it cannot tell."""
         try:
             with open("/proc/meminfo") as f:
                 for line in f:
@@ -90,17 +124,20 @@ class CudaDevice(Device):
     """An NVIDIA GPU through numba-cuda: arrays are device arrays and kernels run asynchronously.
 
     The kernels it launches live in ``cuda_kernels``, imported on first use so that nothing CUDA is loaded
-    before a model is actually built for this device.
+    before a model is actually built for this device. Every allocation and copy it makes, and every kernel
+    launch, counts itself in ``cuda_kernels.CUDA_COUNTS`` (see ``counts``).
     """
 
     name = "cuda"
+    asynchronous = True
 
     def __init__(self):
         self.cuda = _require_cuda()
 
     def empty(self, shape, dtype):
-        CUDA_COUNTS.allocations += 1
-        return self.cuda.device_array(shape, dtype=dtype)
+        from .cuda_kernels import device_array
+
+        return device_array(shape, dtype)
 
     def zeros(self, shape, dtype):
         from .cuda_kernels import fill_zero
@@ -110,34 +147,41 @@ class CudaDevice(Device):
         return array
 
     def to_device(self, array):
-        if self.on_device(array):
+        if self.is_device_array(array):
             return array
         if hasattr(array, "__cuda_array_interface__"):  # another library's GPU array: share, do not copy
             return self.cuda.as_cuda_array(array)
-        CUDA_COUNTS.allocations += 1
-        CUDA_COUNTS.transfers += 1
+        counts = self.counts()
+        counts.allocations += 1
+        counts.transfers += 1
         return self.cuda.to_device(np.ascontiguousarray(array))
 
     def to_host(self, array) -> np.ndarray:
-        if self.on_device(array):
-            CUDA_COUNTS.transfers += 1
+        if self.is_device_array(array):
+            self.counts().transfers += 1
             return array.copy_to_host()
         return np.asarray(array)
 
     def copy_into(self, target, source) -> None:
-        if not self.on_device(source):
-            CUDA_COUNTS.transfers += 1
+        if not self.is_device_array(source):
+            self.counts().transfers += 1
             source = np.ascontiguousarray(source, dtype=target.dtype)
         target.reshape(-1).copy_to_device(source.reshape(-1))
 
     def take(self, array, indices: np.ndarray):
         """``array[indices]`` along the first axis: gathered on the GPU when ``array`` lives there, else
         gathered on the host and only the selected rows copied over."""
-        if not self.on_device(array):
+        if not self.is_device_array(array):
             return self.to_device(np.take(array, indices, axis=0))
         from .cuda_kernels import take_rows
 
         return take_rows(array, indices)
+
+    def gather_batch(self, images, labels, order, start: int, x_out, targets_out) -> None:
+        """In one launch, every array on the GPU."""
+        from .cuda_kernels import gather_batch
+
+        gather_batch(images, labels, order, start, x_out, targets_out)
 
     def synchronize(self) -> None:
         self.cuda.synchronize()
@@ -149,10 +193,20 @@ class CudaDevice(Device):
         except Exception:  # the simulator has no memory to report
             return None
 
-    @staticmethod
-    def on_device(array) -> bool:
+    def is_device_array(self, array) -> bool:
         """Whether ``array`` is a Numba device array (real or simulated: the simulator has no ``is_cuda_array``)."""
         return bool(getattr(array, "__cuda_ndarray__", False))
+
+    def counts(self):
+        from .cuda_kernels import CUDA_COUNTS
+
+        return CUDA_COUNTS
+
+    def spread_over(self, group) -> None:
+        """Each process takes the GPU of its rank on its machine (round robin when there are fewer GPUs)."""
+        count = len(self.cuda.gpus)
+        if count:
+            self.cuda.select_device(group.local_rank % count)
 
 
 def _require_cuda():
@@ -175,15 +229,26 @@ def _require_cuda():
     return cuda
 
 
+def format_bytes(nbytes: float) -> str:
+    """Bytes in a reader's unit, for the sentences that say what does not fit in memory: 512 B, 3.4 MB,
+    5.7 GB, 6.3 TB."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+
+
+# Every device by name: what --device offers, and the name of its kernel files.
+DEVICES: dict[str, type[Device]] = {device.name: device for device in (CpuDevice, CudaDevice)}
+
+
 @lru_cache(maxsize=None)
 def get_device(name: str | Device = "cpu") -> Device:
     """The ``Device`` called ``name``; raises ``DeviceError`` when it is unknown or unusable here."""
     if isinstance(name, Device):
         return name
-    if name == "cpu":
-        return Device()
-    if name == "cuda":
-        return CudaDevice()
+    if name in DEVICES:
+        return DEVICES[name]()
     raise DeviceError(f"Unknown device {name!r}; choose one of: {', '.join(DEVICES)}.")
 
 

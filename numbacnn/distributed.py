@@ -4,7 +4,9 @@
 The trainer asks this module which rows of a batch are this process's, and to sum the step's gradients (with
 the step's loss, right answers and a stop flag riding along) over all processes: one in-place Allreduce per
 step over one contiguous buffer, never pickled objects. Every process then applies the same update, so all
-hold the same weights; only the first process (rank 0) prints and writes files.
+hold the same weights; only the first process (rank 0) prints and writes files. Ctrl-C or SIGTERM to the
+launcher reaches every process; the stop flag rides along with the step's sums, so all stop after the same
+step, the first saves the run, and the job ends with 130 or 143 (``cli.main`` aborts on any other code).
 
 With the same global batch and seed, a run on P processes equals the one-process run within float32
 rounding: the batch order depends on the seed and the epoch, augmentation and dropout on the seed, the step

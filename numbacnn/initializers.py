@@ -29,7 +29,7 @@ def glorot_uniform(rng: np.random.Generator, shape, fan_in: int, fan_out: int) -
 def check_fits(shape) -> None:
     """A ``ShapeError`` when weights of ``shape`` would need more memory than the machine has free."""
     from .device import get_device
-    from .model import format_bytes
+    from .device import format_bytes
 
     count = int(np.prod(shape, dtype=object))  # Python ints: no overflow for absurd shapes
     free = get_device("cpu").free_memory()

@@ -24,7 +24,6 @@ Ctrl-C resumes bit for bit. NaN in the input stays NaN in the output, so that a 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from types import ModuleType
@@ -32,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .device import Device, get_device
+from .device import Device, format_bytes, get_device, kernels_for
 from .errors import DeviceError, ShapeError, SpecError
 
 Shape = tuple[int, ...]
@@ -46,13 +45,29 @@ class Layer:
     unchanged), and implement ``output_shape``, ``forward`` and ``backward``; layers with parameters also
     implement ``init_params``.
 
-    Optional: ``to_onnx(self, builder, x) -> str`` adds the layer to an ONNX graph for ``numbacnn export``
-    (``builder`` is a ``numbacnn.export.OnnxBuilder``; ``x`` and the result name tensors, images in NCHW).
-    The built-in layers' exports live in ``numbacnn.export``; see docs/plugins.md, "Exporting to ONNX".
+    Optional, each used by one command and said by the layer itself, as every built-in layer does:
+
+    ``to_onnx(self, builder, x) -> str`` adds the layer to an ONNX graph for ``numbacnn export`` (``builder``
+    is a ``numbacnn.export.OnnxBuilder``; ``x`` and the result name tensors, images in NCHW); see
+    docs/plugins.md, "Exporting to ONNX".
+    ``to_torch(self, torch) -> torch.nn.Module`` the same layer in PyTorch (NCHW, the channels it is built
+    for), which ``numbacnn bench`` times beside it; ``torch`` is the imported module, so that no layer
+    imports PyTorch itself.
+    ``continues_stage`` (class attribute) True when the feature-map picture (``numbacnn show features``) shows
+    the layer's output beside the layer before it (an activation, a pooling) rather than starting a new row.
+    ``moves_ahead_of`` (class attribute) the layer classes that, written just before this layer, run just
+    after it: for max pooling, ReLU, since max(relu(a), relu(b)) = relu(max(a, b)) and the gradient goes to
+    the same input either way, while the ReLU then touches fewer values. Outputs and gradients are unchanged.
+    ``fused_with(self, following)`` one step doing this layer and the ``following`` one at once, or None.
     """
 
     name: ClassVar[str] = ""
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    # True for a block (``numbacnn.block.Block``): its first hyperparameter is the spec text of its children.
+    holds_layers: ClassVar[bool] = False
+    # See the class docstring.
+    continues_stage: ClassVar[bool] = False
+    moves_ahead_of: ClassVar[tuple[type, ...]] = ()
     # A model sets this to False on its first layer, whose input gradient nobody reads: a layer with
     # parameters may then skip computing it and return None from backward.
     needs_input_grad: bool = True
@@ -79,6 +94,7 @@ class Layer:
         shape."""
         self.place(in_shape, dtype, device)
         self.out_shape = self.output_shape(self.in_shape)
+        self._check_param_memory()
         host_params = self.init_params(self.in_shape, rng)
         self.params = {k: self.device.to_device(v.astype(self.dtype)) for k, v in host_params.items()}
         self.grads = {k: self.device.zeros(v.shape, self.dtype) for k, v in host_params.items()}
@@ -101,6 +117,23 @@ class Layer:
         """Initial parameter values as NumPy arrays (none by default)."""
         return {}
 
+    def param_count(self, in_shape: Shape) -> int | None:
+        """How many parameter values ``init_params`` will make for inputs of ``in_shape``, said before they
+        are made, or None when the layer cannot tell (the default). A layer whose parameters grow with its
+        arguments should say: a network too large for memory is then refused from its shapes, in one
+        sentence, instead of after minutes of filling gigabytes."""
+        return None
+
+    def _check_param_memory(self) -> None:
+        """A ``ShapeError`` when the parameters ``param_count`` announces (made in float64, then kept with
+        their gradients) would not fit in the memory the device has free."""
+        count = self.param_count(self.in_shape)
+        free = self.device.free_memory() if count else None
+        need = (count or 0) * (8 + 2 * self.dtype.itemsize)
+        if free is not None and need > free:
+            raise ShapeError(f"its {count:,} parameters need {format_bytes(need)}, more than the "
+                             f"{format_bytes(free)} of memory free; make the layer smaller.")
+
     def init_state(self, in_shape: Shape) -> dict[str, np.ndarray]:
         """Initial non-trainable state as NumPy arrays (none by default): see ``state`` in the module docstring."""
         return {}
@@ -112,7 +145,7 @@ class Layer:
                 f"Layer {self.name!r} has no {device.name} kernels (it runs on: {', '.join(self.devices)}); "
                 f"choose another device or another layer."
             )
-        return importlib.import_module(f"{type(self).__module__}.{device.name}")
+        return kernels_for(type(self).__module__, device)
 
     # -- running -----------------------------------------------------------------------------------------
 
@@ -123,6 +156,23 @@ class Layer:
     def backward(self, dy):
         """Given the loss gradient of the output, fills ``self.grads`` and returns the input gradient."""
         raise NotImplementedError
+
+    def forward_for_gradients(self, x):
+        """The evaluation-time output for ``x``, keeping what ``backward`` needs to give the gradient of that
+        evaluation-time output; state and random generators stay as they are. Saliency maps and Grad-CAM use
+        it (``numbacnn.attribution``). By default ``forward(x, training=True)``, which is right for every layer
+        whose training pass is the same function as its evaluation pass; a layer whose training pass differs
+        (dropout, batch normalisation: one that keeps ``state`` or draws random numbers) overrides it."""
+        return self.forward(x, training=True)
+
+    def to_torch(self, torch):
+        """The same layer as a ``torch.nn.Module`` (see the class docstring); by default there is none."""
+        raise NotImplementedError(f"no PyTorch twin for layer {self.name!r}; timing numbacnn only")
+
+    def fused_with(self, following: Layer):
+        """A step of the run order that does this layer and ``following`` (the layer run next) in one, or
+        None (the default): see ``numbacnn.block.run_order``."""
+        return None
 
     def result(self, name: str, shape, training: bool = True):
         """An array for a result this layer hands on (an output, an input gradient).
@@ -165,9 +215,10 @@ class Layer:
         return {p.name: getattr(self, p.name) for p in self.hyperparameters()}
 
     def param_counts(self) -> tuple[int, int]:
-        """(weights, biases): parameters named ``bias`` count as biases, everything else as weights."""
+        """(weights, biases): a parameter whose name contains "bias" (``bias``, ``gate_bias``, ``bias2``) counts
+        as a bias, every other one as a weight."""
         sizes = {k: int(np.prod(v.shape)) for k, v in self.params.items()}
-        biases = sum(n for k, n in sizes.items() if k == "bias")
+        biases = sum(n for k, n in sizes.items() if "bias" in k.lower())
         return sum(sizes.values()) - biases, biases
 
     def state_count(self) -> int:
@@ -198,6 +249,14 @@ def check_int(layer: str, name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise SpecError(f"{layer}: {name} must be a whole number >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def check_bool(layer: str, name: str, value) -> bool:
+    """``value`` as a bool: True or False (1 and 0 too), or a ``SpecError`` naming the layer and the argument
+    (a word such as "no" would otherwise count as true)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise SpecError(f"{layer}: {name} must be True or False, got {value!r}.")
 
 
 def check_number(layer: str, name: str, value, minimum: float = 0.0, below: float | None = None) -> float:

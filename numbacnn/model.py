@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .block import Block, backward_chain, build_chain, forward_chain, run_order
-from .device import get_device
+from .block import backward_chain, build_chain, forward_chain, run_order, walk
+from .device import format_bytes, get_device
 from .errors import ShapeError
 from .layer import Layer, Shape
 from .spec import layers_text, make_layer, parse
@@ -63,12 +63,15 @@ class Sequential:
 
         def fits_in_memory(i: int, layer: Layer) -> None:
             outputs.append(int(np.prod(layer.out_shape)))
-            if self._activation_bytes(sum(outputs), batch_size) > free:
+            # Only the outputs: the optimiser is not known yet (``check_memory`` counts it before training).
+            if self._training_bytes(sum(outputs), batch_size) > free:
+                before = self._training_bytes(sum(outputs[:-1]), batch_size)
+                with_before = f", which with the {format_bytes(before)} of the layers before it is" if before else ","
                 raise ShapeError(
                     f"its {'x'.join(map(str, layer.out_shape))} outputs an image need "
-                    f"{format_bytes(self._activation_bytes(outputs[-1], batch_size))} for a batch of "
-                    f"{batch_size:,}, more than the {format_bytes(free)} free with the layers before it; use a smaller "
-                    f"--batch-size or a smaller layer"
+                    f"{format_bytes(self._training_bytes(outputs[-1], batch_size))} for a batch of "
+                    f"{batch_size:,}{with_before} more than the {format_bytes(free)} free; use a smaller "
+                    f"--batch-size or a smaller layer."
                 )
 
         build_chain(self.layers, self.input_shape, rng=rng, dtype=self.dtype, device=self.device,
@@ -120,8 +123,8 @@ class Sequential:
         """Tells every layer that the batches it gets are rows ``first``... of batches of ``total`` rows (see
         ``Layer.batch_part``); ``set_batch_part(0, 0)`` goes back to whole batches."""
         part = (first, total) if total else None
-        for _, layer in _walk(self.layers):
-            layer.batch_part = part
+        for place in walk(self.layers):
+            place.layer.batch_part = part
 
     def backward(self, dy) -> None:
         """Fills every layer's gradients from the loss gradient of the logits."""
@@ -212,22 +215,27 @@ class Sequential:
             return
         rows = self.summary()
         per_image = {r.index: int(np.prod(r.out_shape)) for r in rows}
-        activations = self._activation_bytes(sum(per_image.values()), batch_size)
-        trainable = (1 + optimizer_slots) * self.dtype.itemsize * sum(r.params for r in rows if r.depth == 0)
-        if activations + trainable <= free:
+        trainable = sum(r.params for r in rows if r.depth == 0)
+        need = self._training_bytes(sum(per_image.values()), batch_size, trainable, optimizer_slots)
+        if need <= free:
             return
         largest = max(rows, key=lambda r: per_image[r.index])
         shape = "x".join(str(d) for d in largest.out_shape)
         raise ShapeError(
-            f"Training at batch {batch_size:,} needs about {format_bytes(activations + trainable)} of memory, more than the "
+            f"Training at batch {batch_size:,} needs about {format_bytes(need)} of memory, more than the "
             f"{format_bytes(free)} free on {self.device.name}; the largest is layer {largest.index} {largest.layer}, with "
-            f"{shape} outputs an image ({format_bytes(self._activation_bytes(per_image[largest.index], batch_size))} "
+            f"{shape} outputs an image ({format_bytes(self._training_bytes(per_image[largest.index], batch_size))} "
             f"a batch). Use a smaller --batch-size or a smaller layer."
         )
 
-    def _activation_bytes(self, values_per_image: int, batch_size: int) -> int:
-        """Memory a training step keeps for ``values_per_image`` output values of each image of a batch."""
-        return ACTIVATION_COPIES * batch_size * self.dtype.itemsize * values_per_image
+    def _training_bytes(self, values_per_image: int, batch_size: int, trainable: int = 0,
+                        optimizer_slots: int = 0) -> int:
+        """The one estimate of the memory a training step needs beyond the parameters themselves: for
+        ``values_per_image`` output values of each image of a batch, ``ACTIVATION_COPIES`` copies; for each of
+        ``trainable`` parameters, its gradient and the optimiser's ``optimizer_slots`` moments."""
+        itemsize = self.dtype.itemsize
+        activations = ACTIVATION_COPIES * batch_size * itemsize * values_per_image
+        return activations + (1 + optimizer_slots) * itemsize * trainable
 
     def _host_copies(self, attribute: str) -> list[dict[str, np.ndarray]]:
         """Each layer's ``params`` or ``state`` arrays, copied to host memory."""
@@ -248,44 +256,15 @@ class Sequential:
                 self.device.copy_into(arrays[k], v)  # in place: parameters are views of ``flat_params``
 
 
-def format_bytes(nbytes: float) -> str:
-    """Bytes in a reader's unit: 512 B, 3.4 MB, 5.7 GB, 6.3 TB."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if nbytes < 1000 or unit == "TB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
-
-
-def _walk(layers: list[Layer]):
-    """(path, layer) for the layers and, for blocks, their children at every depth: paths "0", "3.skip"."""
-    for i, layer in enumerate(layers):
-        yield from _walk_from(layer, str(i))
-
-
-def _walk_from(layer: Layer, path: str):
-    yield path, layer
-    if isinstance(layer, Block):
-        for key, child in layer.named_children():
-            yield from _walk_from(child, f"{path}.{key}")
-
-
 def _generators(layers: list[Layer]):
     """(key, generator) for each NumPy random generator the layers keep as an attribute, blocks included."""
-    for path, layer in _walk(layers):
-        for attribute, value in sorted(vars(layer).items()):
+    for place in walk(layers):
+        for attribute, value in sorted(vars(place.layer).items()):
             if isinstance(value, np.random.Generator):
-                yield f"{path}.{attribute}", value
+                yield f"{place.key}.{attribute}", value
 
 
 def numbered_layers(layers: list[Layer]):
     """(index, depth, layer) of every layer, a block's children right after it, numbered as the summary
     shows them: "1", "2", ..., "5.1", "5.2", "5.skip" (``depth`` 1 and more inside blocks)."""
-    for i, layer in enumerate(layers):
-        yield from _numbered(layer, str(i + 1), 0)
-
-
-def _numbered(layer: Layer, index: str, depth: int):
-    yield index, depth, layer
-    if isinstance(layer, Block):
-        for n, (key, child) in enumerate(layer.named_children()):
-            yield from _numbered(child, f"{index}.{n + 1}" if key.isdigit() else f"{index}.{key}", depth + 1)
+    return ((place.index, place.depth, place.layer) for place in walk(layers))

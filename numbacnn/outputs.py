@@ -10,6 +10,11 @@ For ``--output model.npz``:
                           continues from it; it is removed when the run ends normally.
 ``model.metrics.jsonl``   one JSON line per finished epoch (training and validation loss and accuracy).
 ``.model.npz.lock``       held while a run writes these files, so that a second run cannot mix its files in.
+
+The output must end in ``.npz``, so that no two outputs share these names. Every file is written atomically
+(``numbacnn.files``); a run taking the lock first removes the temporary files a killed run left. A new run
+never replaces an output whose run is waiting to be resumed unless told to (``restart``), and a resumed run
+checks that the checkpoint beside its resume state is the one it saved there.
 """
 
 from __future__ import annotations
@@ -17,12 +22,19 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .errors import OutputError
+from .errors import CheckpointError, OutputError
+from .files import remove_stale_temporaries, write_atomically
+
+SUFFIX = ".npz"
+RESUME_SUFFIX = ".resume.npz"
+# The lock file holds a process id: anything larger, or linked elsewhere, is not ours to truncate.
+_LOCK_MAX_BYTES = 64
 
 
 class RunOutputs:
@@ -30,7 +42,10 @@ class RunOutputs:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.resume_path = self.path.with_suffix(".resume.npz")
+        if not self.path.name or self.path.name in (".", ".."):
+            raise OutputError(f"The --output {str(path)!r} is not a file name; give one ending in {SUFFIX}, e.g. "
+                              f"model{SUFFIX}.")
+        self.resume_path = self.path.with_suffix(RESUME_SUFFIX)
         self.metrics_path = self.path.with_suffix(".metrics.jsonl")
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
         self._lock = None
@@ -53,13 +68,36 @@ class RunOutputs:
         if self.path.is_file() and not _is_checkpoint(self.path):
             raise OutputError(f"{self.path} exists and is not a numbacnn checkpoint, so it is not overwritten; "
                               f"choose another --output or move that file away.")
+        # The names beside the output are derived from it: without these rules two outputs could share them.
+        if self.path.suffix != SUFFIX or self.path.stem in ("", "-"):
+            raise OutputError(f"The --output {self.path} should be a file name ending in {SUFFIX}, e.g. model{SUFFIX}.")
+        if self.path.name.endswith(RESUME_SUFFIX):
+            raise OutputError(f"The --output {self.path} ends in {RESUME_SUFFIX}, as the resume state of another "
+                              f"output does; choose another name.")
+
+    def check_new_run(self, *, restart: bool = False) -> None:
+        """For a run that starts afresh: an ``OutputError`` when an interrupted run at this output waits to be
+        resumed, unless ``restart`` says to throw it away (its resume state is then removed: call this
+        while holding the lock)."""
+        if not os.path.lexists(self.resume_path):
+            return
+        if restart:
+            self.resume_path.unlink(missing_ok=True)
+            return
+        raise OutputError(f"{self.path} belongs to an interrupted run that can still be continued (its state is "
+                          f"in {self.resume_path}); continue it with `numbacnn train --resume {self.path}`, or "
+                          f"start afresh over it with --restart.")
 
     def __enter__(self) -> RunOutputs:
-        """Takes the lock (an ``OutputError`` when another run holds it); also proves the folder writable."""
+        """Takes the lock (an ``OutputError`` when another run holds it); also proves the folder writable.
+        Then removes the temporary files that a killed run on this output left behind."""
         while True:
             try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             except OSError as error:
+                if os.path.islink(self.lock_path):
+                    raise OutputError(f"{self.lock_path} is a link, not a numbacnn lock file; remove it (nothing "
+                                      f"of numbacnn's is lost) and run again.") from None
                 raise OutputError(f"Cannot write into {self.path.parent} ({error.strerror}); choose another --output.") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,9 +110,15 @@ class RunOutputs:
             if _same_file(fd, self.lock_path):
                 break
             os.close(fd)
+        if not _is_own_lock_file(fd):
+            os.close(fd)
+            raise OutputError(f"{self.lock_path} is not a numbacnn lock file, so it is not overwritten; move it "
+                              f"away and run again.")
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock = fd
+        for path in (self.path, self.resume_path, self.metrics_path):
+            remove_stale_temporaries(path)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -93,12 +137,24 @@ class RunOutputs:
         checkpoint.save(model, self.path, metadata)
 
     def save_resume(self, model, optimizer, run, settings: dict[str, Any]) -> None:
-        checkpoint.save_resume(self.resume_path, model, optimizer, run, settings)
+        """Saves the run as it stands, with the digest of the checkpoint beside it, which ``load_resume``
+        checks."""
+        checkpoint.save_resume(self.resume_path, model, optimizer, run, settings, best=self.path)
+
+    def load_resume(self, *, device="cpu"):
+        """(model, optimiser, ``RunState``, settings) of the interrupted run at this output; a
+        ``CheckpointError`` when there is none, or when the checkpoint beside it is not the one it saved."""
+        if not self.resume_path.is_file():
+            raise CheckpointError(
+                f"There is no run to resume at {self.path}: {self.resume_path} is missing (it is removed when a run "
+                f"ends normally); start a new run with `numbacnn train`."
+            )
+        return checkpoint.load_resume(self.resume_path, device=device, best=self.path)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrites the JSON-lines file from the history (a few hundred bytes an epoch), atomically."""
         lines = "".join(json.dumps(row) + "\n" for row in history).encode()
-        checkpoint.write_atomically(self.metrics_path, lambda f: f.write(lines))
+        write_atomically(self.metrics_path, lambda f: f.write(lines))
 
     def finish(self) -> None:
         """The run ended normally: nothing is left to resume."""
@@ -109,6 +165,9 @@ class _Unwritten(RunOutputs):
     """The outputs as a process that does not write them sees them: every call does nothing."""
 
     def check(self) -> None:
+        pass
+
+    def check_new_run(self, *, restart: bool = False) -> None:
         pass
 
     def __enter__(self) -> RunOutputs:
@@ -136,6 +195,14 @@ def _is_checkpoint(path: Path) -> bool:
             return "__meta__.npy" in archive.namelist()
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def _is_own_lock_file(fd: int) -> bool:
+    """Whether the opened lock file is one numbacnn may truncate: a small regular file of this user's with no
+    other name (a hard link to someone's file would otherwise be emptied)."""
+    info = os.fstat(fd)
+    owner_ok = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_size <= _LOCK_MAX_BYTES and owner_ok
 
 
 def _same_file(fd: int, path: Path) -> bool:

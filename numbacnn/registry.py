@@ -13,12 +13,13 @@ Set ``NUMBACNN_NO_PLUGINS=1`` to load the built-in layers only (for debugging a 
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, distributions
+from importlib.metadata import EntryPoint, distribution, distributions
 
-from .errors import PluginError, SpecError
+from .errors import NumbacnnError, PluginError, SpecError
 
 GROUP = "numbacnn.layers"
 NO_PLUGINS_ENV = "NUMBACNN_NO_PLUGINS"
@@ -124,6 +125,20 @@ class Registry:
         """The layer class for ``name`` or ``package:name``, loaded on first use."""
         return self.lookup(name).load()
 
+    def make(self, name: str, /, *args, **hyper):
+        """A new, unbuilt layer, as the spec text ``name(*args, **hyper)`` makes it: ``make("conv2d", 16, 3,
+        padding="same")``; ``SpecError`` for an unknown name or wrong arguments. A block's ``__init__`` calls it
+        (as ``numbacnn.make_layer``) to make its inner layers from code."""
+        return construct(self.get(name), name, args, hyper)
+
+    def why_missing(self, package: str) -> str:
+        """Why no layer of ``package`` is registered, as the end of a sentence: "which is not installed; ..." or,
+        where ``NUMBACNN_NO_PLUGINS`` turned plug-ins off, that it is disabled."""
+        if plugins_disabled() and not _same_package(package, BUILTIN_PACKAGE) and _installed(package):
+            return (f"which is installed but disabled, because {NO_PLUGINS_ENV}=1 loads the built-in layers only; "
+                    f"unset {NO_PLUGINS_ENV} to use it")
+        return f"which is not installed; install it with: pip install {package}"
+
     def entry_for(self, layer_class: type) -> LayerEntry:
         """The entry that provides ``layer_class``, even when its plain name means another package's layer
         (what a checkpoint records, so that ``package:name`` brings back the same class)."""
@@ -146,13 +161,40 @@ class Registry:
         return layer_class.name if plain_means_it else entry.qualified_name
 
 
+def construct(cls: type, name: str, args, kwargs: dict):
+    """``cls(*args, **kwargs)``; ``SpecError`` saying how ``name`` is written when the arguments do not fit."""
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as error:
+        raise SpecError(f"{name}: {error}; it takes {cls.name}{inspect.signature(cls)}.") from None
+    try:
+        return cls(*args, **kwargs)
+    except NumbacnnError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"{name}: {error}; it takes {cls.name}{inspect.signature(cls)}.") from None
+
+
 def _same_package(a: str, b: str) -> bool:
     """Distribution names compare as pip does: case, '-', '_' and '.' do not matter."""
     return _normalise(a) == _normalise(b)
 
 
+def plugins_disabled() -> bool:
+    """Whether ``NUMBACNN_NO_PLUGINS`` is set (to anything but "" or "0"): only built-in layers load."""
+    return os.environ.get(NO_PLUGINS_ENV, "").strip() not in ("", "0")
+
+
+def _installed(package: str) -> bool:
+    try:
+        distribution(package)
+    except Exception:  # noqa: BLE001 - not found, or a name no distribution can have (a corrupt checkpoint's)
+        return False
+    return True
+
+
 def _discover() -> list[LayerEntry]:
-    skip_plugins = os.environ.get(NO_PLUGINS_ENV, "").strip() not in ("", "0")
+    skip_plugins = plugins_disabled()
     found: dict[tuple[str, str], LayerEntry] = {}
     seen: set[str] = set()
     # Distribution by distribution rather than entry_points(group=...), which fails as a whole when any

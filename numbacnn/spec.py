@@ -36,10 +36,26 @@ def parse(text: str, registry=None) -> list[LayerSpec]:
 
     ``registry`` (default: the installed layers) tells which names are blocks, whose parentheses hold layers.
     """
+    _check_nesting(text)
     specs, _ = _parse_layers(text, registry)
     if not specs:
         raise SpecError("The layer spec is empty; give at least one layer, e.g. \"flatten dense(10)\".")
     return specs
+
+
+MAX_NESTING = 32  # parentheses within parentheses: blocks in blocks, far beyond any network's design
+
+
+def _check_nesting(text: str) -> None:
+    """A ``SpecError`` for parentheses nested deeper than ``MAX_NESTING`` (reading them would exhaust
+    Python's stack)."""
+    depth = deepest = 0
+    for character in text:
+        depth += (character == "(") - (character == ")")
+        deepest = max(deepest, depth)
+    if deepest > MAX_NESTING:
+        raise SpecError(f"The layer spec nests parentheses {deepest} deep; at most {MAX_NESTING} are read, so put "
+                        f"fewer blocks inside blocks.")
 
 
 def _parse_layers(text: str, registry, stop_at_keyword: bool = False) -> tuple[list[LayerSpec], str]:
@@ -69,13 +85,17 @@ def _parse_layers(text: str, registry, stop_at_keyword: bool = False) -> tuple[l
 
 def _names_block(name: str, registry) -> bool:
     """Whether ``name`` is a block; an unknown name is not (making the layer then says it is unknown)."""
-    from .block import is_block
     from .registry import registry as default_registry
 
     try:
-        return is_block((registry or default_registry).get(name))
+        return _holds_layers((registry or default_registry).get(name))
     except NumbacnnError:
         return False
+
+
+def _holds_layers(cls) -> bool:
+    """Whether layers of ``cls`` take the spec text of their children first (a block: ``Layer.holds_layers``)."""
+    return bool(getattr(cls, "holds_layers", False))
 
 
 def _block_arguments(name: str, inside: str, registry) -> tuple[list, dict]:
@@ -126,19 +146,9 @@ def _value(node: ast.AST) -> Any:
 
 def make_layer(spec: LayerSpec, registry=None):
     """An unbuilt layer for ``spec``, found through the registry; ``SpecError`` for wrong arguments."""
-    from .registry import registry as default_registry
+    from .registry import construct, registry as default_registry
 
-    cls = (registry or default_registry).get(spec.name)
-    try:
-        inspect.signature(cls).bind(*spec.args, **spec.kwargs)
-    except TypeError as error:
-        raise SpecError(f"{spec.name}: {error}; it takes {cls.name}{signature_text(cls)}.") from None
-    try:
-        return cls(*spec.args, **spec.kwargs)
-    except NumbacnnError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise SpecError(f"{spec.name}: {error}; it takes {cls.name}{signature_text(cls)}.") from None
+    return construct((registry or default_registry).get(spec.name), spec.name, spec.args, spec.kwargs)
 
 
 def signature_text(cls) -> str:
@@ -159,8 +169,7 @@ def layer_text(name: str, config: dict[str, Any], *, block: bool = False) -> str
 
 def layers_text(layers) -> str:
     """The spec text that rebuilds ``layers`` (built or not): plug-in names qualified where they must be."""
-    from .block import Block
     from .registry import registry
 
-    return " ".join(layer_text(registry.spec_name(type(layer)), layer.get_config(), block=isinstance(layer, Block))
+    return " ".join(layer_text(registry.spec_name(type(layer)), layer.get_config(), block=_holds_layers(type(layer)))
                     for layer in layers)

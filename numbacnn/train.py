@@ -21,9 +21,11 @@ import numpy as np
 
 from . import distributed
 from .errors import SpecError, TrainingDiverged
-from .losses import SoftmaxCrossEntropy
+from .losses import SoftmaxCrossEntropy, resolve_class_weights
 from .model import Sequential
+from .monitor import check_monitoring, out_of_patience, plateau_update
 from .optim import Optimizer
+from .steps import Stepper, make_stepper
 
 
 @dataclass
@@ -74,6 +76,11 @@ class RunState:
     best_epoch: int | None = None
     best_accuracy: float | None = None
     finished: bool = False
+    # The plateau schedule's counters (numbacnn.monitor): the rate's scale, the lowest validation loss, and
+    # the epochs since it.
+    lr_scale: float = 1.0
+    plateau_best: float | None = None
+    plateau_wait: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,12 +91,23 @@ class RunState:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped ``fit`` between two steps; ``run`` says where, and the model and optimiser are as they
-    were after that step, so saving them with ``run`` gives a state to resume from."""
+    """Ctrl-C or SIGTERM stopped ``fit`` between two steps; ``run`` says where, and the model and optimiser
+    are as they were after that step, so saving them with ``run`` gives a state to resume from. ``signal`` is
+    the signal that asked (SIGINT when another process of a parallel run did), ``exit_code`` the shell's code
+    for it: 130 for Ctrl-C, 143 for SIGTERM."""
 
-    def __init__(self, run: RunState):
+    def __init__(self, run: RunState, signum: int = signal.SIGINT):
         super().__init__(f"interrupted in epoch {run.epoch} after {run.batches_done} batches")
         self.run = run
+        self.signal = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal)
+
+    @property
+    def signal_name(self) -> str:
+        return "Ctrl-C" if self.signal == signal.SIGINT else signal.Signals(self.signal).name
 
 
 def prepare_images(images: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -118,6 +136,11 @@ def fit(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     schedule: str = "cosine",
     stop_at: float | None = None,
+    patience: int | None = None,
+    plateau_factor: float = 0.1,
+    plateau_patience: int = 2,
+    label_smoothing: float = 0.0,
+    class_weight=None,
     augment=None,
     run: RunState | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
@@ -131,9 +154,15 @@ def fit(
     come back (on one GPU not even those: they are summed there, and read to be shown and at the end of an
     epoch, when a diverged loss is also noticed). ``schedule`` is "cosine" (from the optimiser's learning
     rate down to zero along half a cosine over the whole run, as ``numbacnn train`` does), "constant", or
-    "onecycle" (up to the optimiser's learning rate over the first fifth of the run, then down to zero).
-    ``validation``: prepared (images, labels) scored after every epoch; the best epoch and ``stop_at`` (end
-    the run after the first epoch whose validation accuracy reaches it) go by it.
+    "onecycle" (up to the optimiser's learning rate over the first fifth of the run, then down to zero), or
+    "plateau" (the optimiser's rate, multiplied by ``plateau_factor`` after ``plateau_patience`` epochs in a row
+    without a lower validation loss, as Keras's ReduceLROnPlateau).
+    ``validation``: prepared (images, labels) scored after every epoch; the best epoch, ``stop_at`` (end
+    the run after the first epoch whose validation accuracy reaches it) and ``patience`` (end it after that
+    many epochs in a row without a better validation accuracy, as Keras's EarlyStopping) go by it.
+    ``label_smoothing`` and ``class_weight`` (None, "balanced", one weight per class, or a dict of class to
+    weight, the others 1) shape the training loss as PyTorch's CrossEntropyLoss does (see
+    ``numbacnn.losses``); the accuracy, and the validation loss, stay unweighted and unsmoothed.
     ``augment``: a ``numbacnn.augment.Augment`` that changes each training batch at random (seeded by ``seed``
     and the step); None or an inactive one trains on the images as they are.
     ``run``: a ``RunState`` to continue (the model and optimiser must be as they were when it was taken),
@@ -145,100 +174,87 @@ def fit(
     Raises ``TrainingDiverged`` when the loss becomes NaN or infinite (the model is then not worth saving),
     and ``TrainingInterrupted`` on Ctrl-C, after the step that was running has finished.
     """
+    check_settings(epochs=epochs, batch_size=batch_size, seed=seed)
+    check_training_data(model, images, labels)
+    if validation is not None:
+        check_training_data(model, *validation, what="validation")
+    if augment is not None:
+        augment.check_fits(tuple(images.shape[1:]))  # a shift beyond the frame would train on blank images
     n = len(images)
     if n == 0:
         raise SpecError("There are no training images; check --limit and --validation.")
     check_classifier(model, int(np.max(labels)) + 1, exactly=False)
     if stop_at is not None and validation is None:
         raise SpecError("Stopping at an accuracy needs a validation set to judge it; keep --validation above 0.")
+    check_monitoring(schedule, patience, validation is not None, plateau_factor, plateau_patience)
+    loss_fn = SoftmaxCrossEntropy(model.device, smoothing=label_smoothing,
+                                  class_weights=resolve_class_weights(class_weight, labels, model.output_shape[0]))
     batch_size = min(batch_size, n)
     model.check_memory(batch_size, optimizer.slots)
     device = model.device
-    x_all, y_all = device.to_device(images.astype(model.dtype, copy=False)), labels
-    loss_fn = SoftmaxCrossEntropy(device)
     batches = -(-n // batch_size)
     lr_at = learning_rate_schedule(schedule, optimizer.base_lr, epochs * batches)
     run = run if run is not None else RunState()
     group = group or distributed.current()
-    # One GPU trains without waiting for it: the step's loss and right answers stay there (see DeviceSteps).
-    on_device = DeviceSteps(model, x_all, labels, batch_size) if device.name == "cuda" and group.size == 1 else None
     # Guessing evenly among K classes costs ln K; a thousand times that only comes from weights that blew up.
     diverged_loss = 1000 * math.log(max(model.output_shape[0], 2))
+
+    def check_loss(loss: float, batch: int) -> None:
+        _check_loss(loss, diverged_loss, run.epoch, batch, optimizer)
+
+    # The data is copied to the device once; the stepper suits the device (see numbacnn.steps).
+    stepper = make_stepper(model, optimizer, loss_fn, device.to_device(
+        images.astype(model.dtype, copy=False)), labels, batch_size, augment=augment, seed=seed,
+        on_loss=check_loss, group=group)
     results = []
     # Overflow warnings (from worker threads too, which np.errstate does not reach) would only repeat what
     # the divergence check says in one sentence.
     with _stop_on_ctrl_c() as stop_requested, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         while run.epoch <= epochs and not run.finished:
-            epoch, order = run.epoch, epoch_order(seed, run.epoch, n)
-            start, first = time.perf_counter(), run.batches_done
-            stop = group.any(stop_requested())  # every process stops after the same step
-            if on_device is not None:
-                on_device.start_epoch(order, run)
-            for b in range(first, batches):
-                if stop:
-                    if on_device is not None:
-                        on_device.read(run)
-                    raise TrainingInterrupted(run)
-                step = (epoch - 1) * batches + b
-                optimizer.lr = lr_at(step)
-                if on_device is not None:
-                    on_device.forward_backward(model, loss_fn, b, augment, seed, step)
-                    optimizer.step(model)
-                    run.batches_done, stop = b + 1, stop_requested()
-                    # Read only when there is something to show, and at the end of the epoch.
-                    if b + 1 == batches or (on_batch and on_device.due()):
-                        _check_loss(on_device.read(run), diverged_loss, epoch, b + 1, optimizer)
-                        _report_batch(on_batch, run, epoch, batches, n, batch_size, first, start)
-                    continue
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                part, stop_row = group.part(len(idx))
-                mine = idx[part:stop_row]
-                loss, right = _forward_backward(model, loss_fn, device.take(x_all, mine), y_all[mine], augment,
-                                                seed, step, part, len(idx))
-                loss_sum, right, stop = group.sum_step(model, len(mine) / len(idx),
-                                                       [loss * len(mine), right, stop_requested()])
-                _check_loss(loss_sum / len(idx), diverged_loss, epoch, b + 1, optimizer)
-                optimizer.step(model)
-                run.loss_sum += loss_sum
-                run.correct += int(right)
-                run.batches_done = b + 1
-                _report_batch(on_batch, run, epoch, batches, n, batch_size, first, start)
-            device.synchronize()
-            seconds = time.perf_counter() - start
-            if not model.weights_are_finite():
-                raise TrainingDiverged(_diverged("a weight became NaN or infinite", epoch, batches, optimizer))
-            result = EpochResult(epoch, run.loss_sum / n, run.correct / n, n / max(seconds, 1e-9), seconds,
-                                 lr=optimizer.lr)
+            result = _epoch(stepper, run, seed, batches, n, lr_at, stop_requested, group, on_batch)
             group.average_state(model)
             if validation is not None:
                 if on_validate:
                     on_validate(len(validation[0]))
                 result.val_loss, result.val_accuracy = evaluate(model, *validation)
             _judge(run, result)
-            run.epoch, run.batches_done, run.loss_sum, run.correct = epoch + 1, 0, 0.0, 0
+            if schedule == "plateau":
+                plateau_update(run, result.val_loss, plateau_factor, plateau_patience)
+            run.epoch, run.batches_done, run.loss_sum, run.correct = result.epoch + 1, 0, 0.0, 0
             run.history.append(result.as_dict())
-            run.finished = run.epoch > epochs or (stop_at is not None and result.val_accuracy >= stop_at)
+            run.finished = (run.epoch > epochs or (stop_at is not None and result.val_accuracy >= stop_at)
+                            or out_of_patience(result.epoch, run.best_epoch, patience))
             results.append(result)
             if on_epoch:
                 on_epoch(result)
     return results
 
 
-def _forward_backward(model: Sequential, loss_fn, x, labels, augment, seed: int, step: int, first: int,
-                      total: int) -> tuple[float, int]:
-    """One forward and backward pass over this process's rows of a batch (rows ``first``... of ``total``):
-    (mean loss, right answers); the gradients are left in the model. A process whose part is empty (the
-    last, short batch of an epoch split over many processes) contributes zero gradients."""
-    if len(labels) == 0:
-        model.device.copy_into(model.flat_grads, np.zeros(model.flat_grads.size, model.dtype))
-        return 0.0, 0
-    model.set_batch_part(first, total if len(labels) != total else 0)
-    if augment is not None:
-        x = augment.apply(x, seed, step, model.device, first)
-    loss, dlogits, right = loss_fn(model.forward(x, training=True), labels)
-    model.backward(dlogits)
-    return loss, right
+def _epoch(stepper: Stepper, run: RunState, seed: int, batches: int, n: int, lr_at, stop_requested,
+           group: distributed.Group, on_batch) -> EpochResult:
+    """The training steps of epoch ``run.epoch`` (from its batch ``run.batches_done``), as an ``EpochResult``
+    without validation; ``TrainingInterrupted`` when a stop was asked for, after the step that was running."""
+    model, optimizer, batch_size = stepper.model, stepper.optimizer, stepper.batch_size
+    epoch, first, start = run.epoch, run.batches_done, time.perf_counter()
+    stepper.start_epoch(epoch_order(seed, epoch, n), run)
+    stop = group.any(stop_requested())  # every process stops after the same step
+    for b in range(first, batches):
+        if stop:
+            stepper.read(run)
+            raise TrainingInterrupted(run)
+        step = (epoch - 1) * batches + b
+        optimizer.lr = lr_at(step) * run.lr_scale  # the scale is 1 but for the plateau schedule
+        stop = stepper.step(run, b, step, stop_requested())
+        # Read only when there is something to show (and it is worth its cost), and at the end of the epoch.
+        if b + 1 == batches or (on_batch and stepper.due()):
+            stepper.read(run)
+            _report_batch(on_batch, run, epoch, batches, n, batch_size, first, start)
+    model.device.synchronize()
+    seconds = time.perf_counter() - start
+    if not model.weights_are_finite():
+        raise TrainingDiverged(_diverged("a weight became NaN or infinite", epoch, batches, optimizer))
+    return EpochResult(epoch, run.loss_sum / n, run.correct / n, n / max(seconds, 1e-9), seconds, lr=optimizer.lr)
 
 
 def _report_batch(on_batch, run: RunState, epoch: int, batches: int, n: int, batch_size: int, first: int,
@@ -249,55 +265,6 @@ def _report_batch(on_batch, run: RunState, epoch: int, batches: int, n: int, bat
         seen = min(n, run.batches_done * batch_size)
         speed = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)
         on_batch(BatchStats(epoch, run.batches_done, batches, run.loss_sum / seen, run.correct / seen, speed))
-
-
-class DeviceSteps:
-    """Training steps on one GPU that never wait for it, so the host queues the next launches while the GPU
-    works: the labels go over once, each epoch's order once, every batch is gathered on the device into the
-    same two arrays (images, one-hot labels), and the loss and right answers are summed there. The host reads
-    the sums only to show them, at most every ``READ_EVERY`` seconds, and at the end of an epoch."""
-
-    READ_EVERY = 0.3
-
-    def __init__(self, model: Sequential, images, labels: np.ndarray, batch_size: int):
-        from .cuda_kernels import gather_batch
-
-        classes = model.output_shape[0]
-        if labels.size and labels.min() < 0:
-            raise SpecError(f"Labels must be class numbers from 0 to {classes - 1}; found {labels.min()}.")
-        self.gather_batch, self.device, self.images, self.batch_size = gather_batch, model.device, images, batch_size
-        self.labels = self.device.to_device(np.asarray(labels, dtype=np.int32))
-        self.x = self.device.empty((batch_size, *model.input_shape), model.dtype)
-        self.targets = self.device.empty((batch_size, classes), model.dtype)
-
-    def start_epoch(self, order: np.ndarray, run: RunState) -> None:
-        """Sends the epoch's order, and the sums so far (a resumed epoch has some), to the device."""
-        self.order = self.device.to_device(order.astype(np.int32))
-        self.totals = self.device.to_device(np.array([run.loss_sum, run.correct], np.float64))
-        self.read_at, self.loss_read, self.seen_read = time.perf_counter(), run.loss_sum, run.batches_done * self.batch_size
-
-    def forward_backward(self, model: Sequential, loss_fn, b: int, augment, seed: int, step: int) -> None:
-        """Batch ``b`` of the epoch forward and backward, leaving the gradients in the model."""
-        begin = b * self.batch_size
-        rows = min(self.batch_size, len(self.labels) - begin)
-        x, targets = self.x[:rows], self.targets[:rows]
-        self.gather_batch(self.images, self.labels, self.order, begin, x, targets)
-        if augment is not None:
-            x = augment.apply(x, seed, step, self.device)
-        model.backward(loss_fn.accumulate(model.forward(x, training=True), targets, self.totals))
-
-    def due(self) -> bool:
-        return time.perf_counter() - self.read_at >= self.READ_EVERY
-
-    def read(self, run: RunState) -> float:
-        """Brings ``run.loss_sum`` and ``run.correct`` up to date (waiting for the GPU); returns the mean loss
-        of the images added since the last read."""
-        run.loss_sum, correct = (float(v) for v in self.device.to_host(self.totals))
-        run.correct = int(correct)
-        seen = min(len(self.labels), run.batches_done * self.batch_size)
-        recent = (run.loss_sum - self.loss_read) / max(seen - self.seen_read, 1)
-        self.read_at, self.loss_read, self.seen_read = time.perf_counter(), run.loss_sum, seen
-        return recent
 
 
 def _judge(run: RunState, result: EpochResult) -> None:
@@ -321,6 +288,38 @@ def _diverged(what: str, epoch: int, batch: int, optimizer: Optimizer) -> str:
             f"try a learning rate below {optimizer.base_lr:g}{also}.")
 
 
+def check_settings(*, epochs=1, batch_size=1, seed=0) -> None:
+    """A ``SpecError`` for a number of a run out of its range: the same sentence from ``fit`` as from
+    ``numbacnn train``, naming the option."""
+    for value, what, option, low in ((epochs, "number of epochs", "--epochs", 1),
+                                     (batch_size, "batch size", "--batch-size", 1), (seed, "seed", "--seed", 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise SpecError(f"The {what} ({option}) must be a whole number of at least {low}, not {value!r}.")
+
+
+def check_training_data(model: Sequential, images, labels, what: str = "training") -> None:
+    """A ``SpecError`` unless ``images`` are prepared images the model takes, finite, with one integer label
+    of one of its classes each."""
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) != len(model.input_shape) + 1 or shape[1:] != tuple(model.input_shape):
+        raise SpecError(f"The {what} images have shape {shape}, but the network takes images of shape "
+                        f"{tuple(model.input_shape)} (a batch of them: (N, {', '.join(map(str, model.input_shape))})).")
+    labels_shape = tuple(getattr(labels, "shape", ()))
+    if labels_shape != (shape[0],):
+        count = labels_shape[0] if len(labels_shape) == 1 else f"an array of shape {labels_shape} of"
+        raise SpecError(f"There are {count} {what} labels for {shape[0]:,} images; give one label per image.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SpecError(f"The {what} labels are {labels.dtype}, not class numbers; give integers from 0.")
+    classes = model.output_shape[0] if len(model.output_shape) == 1 else None  # else check_classifier says so
+    if classes and labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise SpecError(f"The {what} labels hold {bad}, but the network scores classes 0 to {classes - 1}; give "
+                        f"labels in that range, or end the network in dense(N) for N classes.")
+    if not np.isfinite(images).all():
+        raise SpecError(f"The {what} images hold NaN or infinite values; give finite pixel values (from 0 to 1, "
+                        f"as prepare_images makes them).")
+
+
 def check_classifier(model: Sequential, classes: int, *, exactly: bool = True) -> None:
     """A classifier must end in one score per class: a ``SpecError`` saying so when the model does not (with
     ``exactly`` False, more scores than ``classes`` are allowed, for labels that leave some classes out)."""
@@ -333,10 +332,13 @@ def check_classifier(model: Sequential, classes: int, *, exactly: bool = True) -
 
 
 class _CtrlC:
-    """While active, the first Ctrl-C only asks the loop to stop after its step; a second one stops at once."""
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM (what ``timeout``, ``docker stop``, Kubernetes and
+    Slurm send) only asks the loop to stop after its step; a second one stops at once. ``signal`` is the one
+    that asked."""
 
     def __init__(self):
         self.requested = False
+        self.signal: int | None = None
 
     def __call__(self) -> bool:
         return self.requested
@@ -344,23 +346,32 @@ class _CtrlC:
     def handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signal = True, signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _stop_on_ctrl_c:
+    """Installs ``_CtrlC`` for SIGINT and SIGTERM, and tells the ``TrainingInterrupted`` leaving the block
+    which signal asked for it."""
+
     def __enter__(self) -> _CtrlC:
         self.flag = _CtrlC()
-        self.previous = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self.previous = signal.signal(signal.SIGINT, self.flag.handle)
+            for signum in STOP_SIGNALS:
+                self.previous[signum] = signal.signal(signum, self.flag.handle)
         return self.flag
 
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+    def __exit__(self, kind, error, traceback):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if isinstance(error, TrainingInterrupted) and self.flag.signal is not None:
+            error.signal = self.flag.signal
 
 
-SCHEDULES = ("cosine", "constant", "onecycle")
+SCHEDULES = ("cosine", "constant", "onecycle", "plateau")
 # One cycle: the rate climbs from a tenth of the peak to the peak over this share of the run, then falls to
 # zero. A short climb lets a high peak rate through the first, largest gradients without diverging.
 ONECYCLE_RISE = 0.2
@@ -368,7 +379,7 @@ ONECYCLE_RISE = 0.2
 
 def learning_rate_schedule(name: str, base_lr: float, total_steps: int) -> Callable[[int], float]:
     """The learning rate at each step (0 .. total_steps - 1) of a run; ``base_lr`` is the peak."""
-    if name == "constant":
+    if name in ("constant", "plateau"):  # the plateau schedule scales it from epoch to epoch (see fit)
         return lambda step: base_lr
     if name == "cosine":
         return lambda step: base_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))

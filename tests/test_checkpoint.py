@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import stat
 import zipfile
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from numbacnn import CheckpointError, Sequential, load, save
+from numbacnn.errors import OutputError
 
 SPEC = "conv2d(4,3) relu maxpool2d(2) flatten dropout(0.25) dense(10)"
 
@@ -90,12 +93,13 @@ def test_crash_while_writing_leaves_the_old_file_intact(saved, model, images, mo
 
     def crash(f, **arrays):
         f.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(np, "savez", crash)
     other = Sequential(SPEC).build(seed=99)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="No space left on device.*kept as it was; free some space") as caught:
         save(other, saved)
+    assert str(caught.value).count(". ") == 0 and "\n" not in str(caught.value)
     monkeypatch.undo()
 
     assert saved.read_bytes() == before

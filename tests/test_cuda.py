@@ -80,9 +80,9 @@ def conv_cases(draw):
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
     padding = draw(st.sampled_from(["valid", "same", 0, 1, 2]))
     try:
-        top, left, oh, ow = Conv2D(filters, kernel, stride, padding)._geometry_for((h, w, c))
+        top, left, _, _, oh, ow = Conv2D(filters, kernel, stride, padding).geometry((h, w, c))
     except ShapeError:  # the filter does not fit: "same" padding always makes it fit
-        top, left, oh, ow = Conv2D(filters, kernel, stride, "same")._geometry_for((h, w, c))
+        top, left, _, _, oh, ow = Conv2D(filters, kernel, stride, "same").geometry((h, w, c))
     return (n, h, w, c), filters, kernel, stride, (top, left, oh, ow), draw(DTYPES)
 
 
@@ -368,7 +368,7 @@ def test_take_gathers_rows_on_the_device(rows, row_shape, data):
     indices = np.array(data.draw(st.lists(st.integers(-rows, rows - 1), max_size=12)), dtype=np.int64)
     expected = np.take(array, indices, axis=0)
     taken = GPU.take(GPU.to_device(array), indices)
-    assert GPU.on_device(taken)
+    assert GPU.is_device_array(taken)
     np.testing.assert_array_equal(GPU.to_host(taken), expected)
     np.testing.assert_array_equal(GPU.to_host(GPU.take(array, indices)), expected)  # a host array works too
 

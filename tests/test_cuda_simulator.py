@@ -19,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # built-in and (when installed) from the contrib plug-in, and the augmentation, batch normalisation and
 # residual block kernels against their CPU twins.
 SIMULATED = ["tests/test_cuda.py", "tests/test_cuda_step.py", "tests/test_layers.py", "tests/test_augment.py",
-             "tests/test_batchnorm.py", "tests/test_blocks.py", "tests/test_kit_state.py"]
+             "tests/test_batchnorm.py", "tests/test_blocks.py", "tests/test_kit_state.py", "tests/test_losses_cuda.py",
+             "tests/test_minpool2d.py", "tests/test_attribution_cuda.py"]
 CONTRIB_TESTS = "plugins/numbacnn-contrib/tests"
 
 

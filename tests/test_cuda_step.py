@@ -1,4 +1,4 @@
-"""What a training step asks of the GPU, counted by numbacnn itself (``numbacnn.device.CUDA_COUNTS``, which
+"""What a training step asks of the GPU, counted by numbacnn itself (``numbacnn.cuda_kernels.CUDA_COUNTS``, which
 ``numbacnn bench --device cuda`` reports): kernel launches, device allocations, host-device transfers.
 
 Each costs the host microseconds, and a copy back to the host makes it wait for the GPU, so a step of the
@@ -16,13 +16,15 @@ from conftest import require_cuda
 cuda = require_cuda()
 
 from numbacnn.bench import counts_per_step  # noqa: E402
-from numbacnn.device import CUDA_COUNTS  # noqa: E402
+from numbacnn.cuda_kernels import CUDA_COUNTS  # noqa: E402
+from numbacnn.device import get_device  # noqa: E402
 from numbacnn.losses import SoftmaxCrossEntropy  # noqa: E402
 from numbacnn.model import Sequential  # noqa: E402
 from numbacnn.optim import Adam  # noqa: E402
 from numbacnn.presets import PRESETS  # noqa: E402
 from numbacnn.spec import parse  # noqa: E402
-from numbacnn.train import DeviceSteps, RunState, fit  # noqa: E402
+from numbacnn.steps import QueuedSteps, make_stepper  # noqa: E402
+from numbacnn.train import RunState, fit  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Grid size .* low occupancy")
 
@@ -41,19 +43,15 @@ def keras_convnet_step(batch: int = 2):
     model = Sequential(SPEC, IMAGE).build(seed=0, device="cuda")
     rng = np.random.default_rng(0)
     images = model.device.to_device(rng.random((batch, *IMAGE), dtype=np.float32))
-    steps = DeviceSteps(model, images, rng.integers(0, 10, batch), batch)
-    steps.start_epoch(np.arange(batch), RunState())
-    loss_fn, optimizer = SoftmaxCrossEntropy(model.device), Adam()
-
-    def step():
-        steps.forward_backward(model, loss_fn, 0, None, 0, 0)
-        optimizer.step(model)
-
-    return step
+    steps = make_stepper(model, Adam(), SoftmaxCrossEntropy(model.device), images, rng.integers(0, 10, batch), batch)
+    assert isinstance(steps, QueuedSteps)  # the device chose the steps that read nothing back
+    run = RunState()
+    steps.start_epoch(np.arange(batch), run)
+    return lambda: steps.step(run, 0, 0)
 
 
 def test_a_training_step_makes_at_most_20_launches_and_no_allocations_or_transfers():
-    made = counts_per_step(keras_convnet_step(), steps=1)
+    made = counts_per_step(keras_convnet_step(), get_device("cuda"), steps=1)
     # 8 forward (the gather, two convolutions, two poolings with their ReLUs, dropout, dense), 1 loss,
     # 10 backward (a product and a sum of chunks for each parameter gradient, 3 input gradients, 2 poolings,
     # dropout), 1 Adam over all parameters.

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from numbacnn.device import Device, get_device
+from numbacnn.device import CpuDevice, get_device
 from numbacnn.errors import DeviceError
 
 NO_GPU = {"NUMBA_ENABLE_CUDASIM": "0", "NUMBA_DISABLE_CUDA": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -73,7 +73,7 @@ def test_unknown_device_names_the_choices():
 def test_cpu_device_and_pass_through():
     cpu = get_device("cpu")
     assert cpu.name == "cpu" and get_device(cpu) is cpu
-    assert isinstance(get_device(Device()), Device)
+    assert isinstance(get_device(CpuDevice()), CpuDevice)
 
 
 def test_a_cpu_run_never_imports_cuda_code():

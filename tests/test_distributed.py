@@ -185,3 +185,19 @@ def test_two_processes_on_the_cuda_simulator(tmp_path, datasets_dir):
     rank0, rank1, cpu = (_arrays(tmp_path / name) for name in ("gpu.0.npz", "gpu.1.npz", "cpu.0.npz"))
     assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
     assert all(_close(a, b, 1e-5) for a, b in zip(rank0, cpu))
+
+
+@pytest.mark.data
+def test_sigterm_to_mpiexec_saves_the_run_and_exits_143(tmp_path, datasets_dir):
+    """SIGTERM (what timeout, Slurm and Kubernetes send) reaches every process through the launcher; they stop
+    after the same step, the first one saves the run, and the job ends with 143."""
+    output = tmp_path / "m.npz"
+    args = [MPIEXEC, "-n", 2, *CLI[:-4], "-b", 10, "-e", 20, "--threads", 1, "--data-dir", datasets_dir, "-o", output]
+    process = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("Training")
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Interrupted in epoch" in stderr and "Traceback" not in stderr
+    assert output.with_suffix(".resume.npz").is_file()

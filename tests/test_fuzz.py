@@ -1,4 +1,5 @@
-"""Fuzzing: mutated layer specs, checkpoints and image files thrown at the API and the command line.
+"""Fuzzing: mutated layer specs, checkpoints, resume states, checkpoint metadata and image files thrown at the
+API and the command line, and writes that meet a full disk, a read-only place, a link or a folder.
 
 Each must end in a success or in a ``NumbacnnError`` (on the command line: exit 1 and one sentence), never in
 another exception. Memory stays bounded because the engine is told that only 256 MB are free: everything
@@ -23,24 +24,27 @@ from hypothesis import strategies as st
 
 from numbacnn import checkpoint
 from numbacnn.data import read_image
-from numbacnn.device import Device
+from numbacnn.device import CpuDevice
 from numbacnn.errors import NumbacnnError
 from numbacnn.model import Sequential
 from numbacnn.optim import Adam
 from numbacnn.presets import PRESETS
+from numbacnn.outputs import RunOutputs
 from numbacnn.train import RunState, fit
 
 from test_cli import assert_one_line_error, run
 from test_data_image import png_bytes
 
 FREE_BYTES = 256 * 2**20
+RUN_SETTINGS = {"name": "custom layers", "dataset": "mnist", "epochs": 2, "batch_size": 4, "schedule": "cosine",
+                "augment": "none", "validation": 0, "stop_at": None, "seed": 0, "limit": None}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
 
 
 @contextmanager
 def little_memory():
-    with mock.patch.object(Device, "free_memory", lambda self: FREE_BYTES):
+    with mock.patch.object(CpuDevice, "free_memory", lambda self: FREE_BYTES):
         yield
 
 
@@ -118,8 +122,10 @@ def saved(tmp_path_factory):
     run_state = RunState()
     fit(model, optimizer, x, np.arange(8), epochs=1, batch_size=4, run=run_state)
     meta = {"dataset": "mnist", "epochs": 1, "history": run_state.history}
-    return {"checkpoint": checkpoint.save(model, folder / "m.npz", meta),
-            "resume": checkpoint.save_resume(folder / "m.resume.npz", model, optimizer, run_state, {"seed": 0})}
+    outputs = RunOutputs(folder / "m.npz")
+    outputs.save_best(model, meta)
+    outputs.save_resume(model, optimizer, run_state, RUN_SETTINGS)
+    return {"checkpoint": outputs.path, "resume": outputs.resume_path}
 
 
 def _unpack(path: Path):
@@ -249,3 +255,125 @@ def test_mutated_images_decode_or_say_why(saved, tmp_path_factory, data):
     with little_memory():
         ends_well(lambda: read_image(path))
         cli_ends_well("predict", saved["checkpoint"], "--image", path)
+
+
+# -- resume states and checkpoint metadata -----------------------------------------------------------------------
+
+NESTED = st.integers(1, 60).map(lambda depth: json.loads("[" * depth + "]" * depth))
+ODD_VALUES = JSON_VALUES | NESTED | st.sampled_from([-1, 0, 2**63, -(2**63), 1e308, "", "mnist", "cifar10", [], {}])
+
+
+@st.composite
+def edited_record(draw, meta, where):
+    """``meta`` with one value inside ``meta[where...]`` replaced, removed, or given a new key."""
+    meta = json.loads(json.dumps(meta))
+    record = meta
+    for key in where:
+        record = record[key]
+    places = [p for p in _paths(record) if p]
+    place = draw(st.sampled_from(places))
+    parent = record
+    for key in place[:-1]:
+        parent = parent[key]
+    kind = draw(st.sampled_from(["replace", "remove", "add"]))
+    if kind == "remove" and isinstance(parent, dict):
+        del parent[place[-1]]
+    elif kind == "add" and isinstance(parent, dict):
+        parent[draw(st.text(max_size=6))] = draw(ODD_VALUES)
+    else:
+        parent[place[-1]] = draw(ODD_VALUES)
+    return meta
+
+
+@settings(FUZZ, max_examples=40)
+@given(data=st.data())
+def test_edited_resume_states_resume_or_say_why(saved, tmp_path_factory, data):
+    meta, arrays = _unpack(saved["resume"])
+    where = data.draw(st.sampled_from([("metadata", "resume"), ("metadata", "resume", "settings"),
+                                       ("metadata", "resume", "run"), ("metadata", "resume", "optimizer")]))
+    folder = tmp_path_factory.mktemp("resume")
+    (folder / "m.npz").write_bytes(saved["checkpoint"].read_bytes())
+    (folder / "m.resume.npz").write_bytes(_pack(data.draw(edited_record(meta, where)), arrays))
+    empty = folder / "no-data"
+    empty.mkdir()
+    with little_memory():
+        # A state that passes every check goes on to look for the data, which is not there: one sentence too.
+        cli_ends_well("train", "--resume", folder / "m.npz", "--data-dir", empty)
+    assert (folder / "m.npz").read_bytes() == saved["checkpoint"].read_bytes()
+
+
+@settings(FUZZ, max_examples=25)
+@given(data=st.data())
+def test_edited_checkpoint_metadata_loads_or_says_why(saved, tmp_path_factory, data):
+    meta, arrays = _unpack(saved["checkpoint"])
+    path = tmp_path_factory.mktemp("meta") / "m.npz"
+    path.write_bytes(_pack(data.draw(edited_record(meta, ("metadata",))), arrays))
+    with little_memory():
+        ends_well(lambda: checkpoint.load(path))
+        cli_ends_well("summary", "-c", path)
+        cli_ends_well("show", "history", path, "-o", path.with_suffix(".png"))
+
+
+# -- the file system ---------------------------------------------------------------------------------------------
+
+WRITERS = {
+    "checkpoint": lambda model, path: checkpoint.save(model, path, {"dataset": "mnist"}),
+    "metrics": lambda model, path: RunOutputs(path.parent / "m.npz").write_metrics([{"epoch": 1, "loss": 1.0}]),
+    "picture": lambda model, path: __import__("numbacnn.show", fromlist=["save_png"]).save_png(
+        __import__("numbacnn.show", fromlist=["filters_figure"]).filters_figure(model), path),
+}
+
+
+@settings(FUZZ, max_examples=40)
+@given(writer=st.sampled_from(sorted(WRITERS)), fault=st.sampled_from(["full", "read-only", "io", "link", "folder"]),
+       after=st.integers(0, 1 << 16))
+def test_file_system_faults_end_in_one_sentence_with_the_old_file_kept(saved, tmp_path_factory, writer, fault,
+                                                                      after):
+    import errno
+    import os
+
+    from numbacnn.errors import OutputError
+
+    model = checkpoint.load(saved["checkpoint"])[0]
+    folder = tmp_path_factory.mktemp("fs")
+    path = folder / {"checkpoint": "m.npz", "metrics": "m.metrics.jsonl", "picture": "m.png"}[writer]
+    victim = folder / "victim.txt"
+    victim.write_text("keep me")
+    if fault == "link":  # written over the link, never through it
+        path.symlink_to(victim)
+        WRITERS[writer](model, path)
+        assert victim.read_text() == "keep me" and not path.is_symlink()
+        return
+    if fault == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"the previous file")
+    code = {"full": errno.ENOSPC, "read-only": errno.EROFS, "io": errno.EIO}.get(fault)
+    written = [0]
+    real_fsync = os.fsync
+
+    class Failing(io.FileIO):  # the disk gives out after ``after`` bytes
+        def write(self, data):
+            written[0] += len(data)
+            if written[0] > after:
+                raise OSError(code, os.strerror(code))
+            return super().write(data)
+
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        return io.BufferedWriter(Failing(fd, "wb")) if "w" in mode and code else real_fdopen(fd, mode, *args, **kwargs)
+
+    with mock.patch.object(os, "fdopen", fdopen), mock.patch.object(os, "fsync", real_fsync):
+        try:
+            WRITERS[writer](model, path)
+        except OutputError as error:
+            assert str(error).endswith(".") and "\n" not in str(error)
+        else:
+            assert fault != "folder" and written[0] <= after  # it all fitted before the fault
+    if fault == "folder":
+        assert path.is_dir()
+    elif path.read_bytes() != b"the previous file":
+        assert written[0] <= after
+    assert sorted(p.name for p in folder.iterdir()) == sorted([path.name, "victim.txt"])
+    assert victim.read_text() == "keep me"

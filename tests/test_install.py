@@ -258,6 +258,7 @@ def no_cache_env(monkeypatch, tmp_path):
     """No cache folder set, and a home of the test's own."""
     for name in ("NUMBA_CACHE_DIR", "NUMBACNN_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
+    (tmp_path / "home").mkdir()  # a home that exists: numbacnn never makes a missing one
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     return tmp_path
 

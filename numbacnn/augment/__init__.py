@@ -119,6 +119,14 @@ class Augment:
             kernels.shift(x, out, seed, step, self.max_shift, first, self.flip)
         return out
 
+    def check_fits(self, image_shape: tuple) -> None:
+        """A ``SpecError`` when the shift would move an image of ``image_shape`` (H, W, C) by more than half its
+        smaller side: most of each image would leave the frame, and training would see blank pictures."""
+        most = min(image_shape[:2]) // 2
+        if self.max_shift > most:
+            raise SpecError(f"{NAME}: shift={self.max_shift} would move {image_shape[0]}x{image_shape[1]} images "
+                            f"mostly out of the frame; use a shift of at most {most} (a few pixels, e.g. shift=2).")
+
     def _output(self, device: Device, shape: tuple, dtype):
         """The output array, kept across calls like ``Layer.buffer``: fresh pages cost more than the kernel."""
         out, key = self._out, (device.name, shape, np.dtype(dtype))

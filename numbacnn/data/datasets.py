@@ -26,8 +26,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import math
 import os
+import stat
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
-from numbacnn.cache import CACHE_DIR_ENV, resolve_cache_dir
+from numbacnn.cache import CACHE_DIR_ENV, outside_missing_home, resolve_cache_dir
 from numbacnn.data.idx import parse_idx, read_decompressed
 from numbacnn.errors import DataError
 
@@ -45,7 +48,11 @@ MIRRORS_ENV = "NUMBACNN_MIRRORS"
 
 SPLITS = ("train", "test")
 DOWNLOAD_TIMEOUT_S = 30.0
+# The most one file's download may take from one mirror, however the server trickles its bytes: the largest
+# file (9.9 MB) at 20 kB/s.
+DOWNLOAD_DEADLINE_S = 600.0
 _CHUNK_BYTES = 1 << 16
+_GZIP_OVERHEAD_BYTES = 1 << 16  # what gzip may add to incompressible data: headers and stored blocks
 _DATA_DIR_HINT = f"--data-dir or the {DATA_DIR_ENV} environment variable"
 
 
@@ -62,6 +69,11 @@ class IdxFile:
     name: str
     shape: tuple[int, ...]
     sha256: str
+
+    @property
+    def raw_size(self) -> int:
+        """The bytes of the uncompressed file: its IDX header and one byte per element."""
+        return 4 + 4 * len(self.shape) + math.prod(self.shape)
 
     @property
     def download_name(self) -> str:
@@ -127,7 +139,6 @@ DATASETS: dict[str, DatasetInfo] = {
         mirrors=(
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
         ),
     ),
     "fashion-mnist": DatasetInfo(
@@ -153,7 +164,6 @@ DATASETS: dict[str, DatasetInfo] = {
             "Ankle boot",
         ),
         mirrors=(
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         ),
     ),
@@ -259,8 +269,9 @@ def find_file(directory: Path, idx_file: IdxFile) -> Path | None:
 def _check_data_dir_exists(root: Path, info: DatasetInfo) -> None:
     """Fail early, naming the setting, when the data directory itself is missing."""
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"The data directory {root} does not exist; fix {_DATA_DIR_HINT}, or create it with a "
+            f"The data directory {root} {what}; fix {_DATA_DIR_HINT}, or create it with a "
             f"{info.name}/ sub-directory holding the four {info.name} files."
         )
 
@@ -275,7 +286,7 @@ def _load_from_data_dir(info: DatasetInfo, idx_file: IdxFile, directory: Path) -
             f"{info.name} files ({expected}, gzipped or not) in that directory, or point {_DATA_DIR_HINT} "
             f"at a directory that holds {info.name}/ with them."
         )
-    raw = read_decompressed(path)
+    raw = read_decompressed(path, limit=idx_file.raw_size)
     if _sha256(raw) != idx_file.sha256:
         raise DataError(
             f"{path} does not match the SHA-256 checksum of the original {info.name} file "
@@ -296,7 +307,7 @@ def _load_from_cache(
     """Load a file from the cache, downloading it first if it is missing or corrupt and downloads are allowed."""
     path = find_file(cache, idx_file)
     if path is not None:
-        raw = _read_cached(path)
+        raw = _read_cached(path, idx_file)
         if raw is not None and _sha256(raw) == idx_file.sha256:
             return _parse_checked(raw, path, idx_file)
         if not download:
@@ -309,14 +320,15 @@ def _load_from_cache(
             f"{idx_file.download_name} is not in the cache {cache} and downloads are off; allow downloads, "
             f"copy the four {info.name} files there, or point {_DATA_DIR_HINT} at a directory holding {info.name}/."
         )
-    path = fetch(idx_file.download_name, mirrors, cache, idx_file.sha256, progress=progress)
-    return _parse_checked(read_decompressed(path), path, idx_file)
+    path = fetch(idx_file.download_name, mirrors, cache, idx_file.sha256, progress=progress,
+                 limit=idx_file.raw_size)
+    return _parse_checked(read_decompressed(path, limit=idx_file.raw_size), path, idx_file)
 
 
-def _read_cached(path: Path) -> bytes | None:
+def _read_cached(path: Path, idx_file: IdxFile) -> bytes | None:
     """Return the uncompressed content of a cached file, or None if it is corrupt (it will be re-downloaded)."""
     try:
-        return read_decompressed(path)
+        return read_decompressed(path, limit=idx_file.raw_size)
     except DataError:
         return None
 
@@ -349,6 +361,9 @@ def fetch(
     *,
     progress: bool = True,
     timeout: float = DOWNLOAD_TIMEOUT_S,
+    whole_file: bool = False,
+    deadline: float = DOWNLOAD_DEADLINE_S,
+    limit: int | None = None,
 ) -> Path:
     """Download ``file_name`` from the first mirror that serves a correct copy, into ``dest_dir``.
 
@@ -364,6 +379,12 @@ def fetch(
         sha256: hex SHA-256 of the uncompressed content.
         progress: whether to show a Rich progress bar on stderr.
         timeout: seconds to wait for each connection or read before giving up on a mirror.
+        whole_file: ``sha256`` is of the file as served, not of its gzip content (an archive such as CIFAR-10's).
+        deadline: seconds one mirror may take for the whole file, however slowly it sends, before the
+            next one is tried (the temporary file is removed).
+        limit: the most bytes the uncompressed file (with ``whole_file``, the file as served) may have; a
+            mirror that serves more (or a gzip file that unpacks to more) is given up on before the excess
+            is kept.
 
     Returns:
         The path of the downloaded file.
@@ -374,11 +395,13 @@ def fetch(
     dest_dir = Path(dest_dir)
     _make_dir(dest_dir)
     final_path = dest_dir / file_name
+    _remove_stale_parts(final_path, older_than=deadline + timeout)
     last_error = "no mirrors were given"
     for base in mirrors:
         url = base.rstrip("/") + "/" + file_name
         try:
-            _download_verified(url, final_path, sha256, progress=progress, timeout=timeout)
+            _download_verified(url, final_path, sha256, progress=progress, timeout=timeout, whole_file=whole_file,
+                               deadline=deadline, limit=limit)
             return final_path
         except _MirrorFailure as failure:
             last_error = f"{url}: {failure}"
@@ -393,17 +416,20 @@ class _MirrorFailure(Exception):
     """One mirror failed; the next one should be tried."""
 
 
-def _download_verified(url: str, final_path: Path, sha256: str, *, progress: bool, timeout: float) -> None:
+def _download_verified(url: str, final_path: Path, sha256: str, *, progress: bool, timeout: float,
+                       whole_file: bool = False, deadline: float = DOWNLOAD_DEADLINE_S,
+                       limit: int | None = None) -> None:
     """Download ``url`` into a temporary file beside ``final_path``, verify it, and rename it into place."""
     handle, temp_name = _make_temp_file(final_path)
     temp_path = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as out:
-            _stream(url, out, final_path.name, progress=progress, timeout=timeout)
+            _stream(url, out, final_path.name, progress=progress, timeout=timeout, deadline=deadline,
+                    limit=limit)
         try:
-            raw = read_decompressed(temp_path)
+            raw = temp_path.read_bytes() if whole_file else read_decompressed(temp_path, limit=limit)
         except DataError:
-            raise _MirrorFailure("the file it served is not valid gzip") from None
+            raise _MirrorFailure("the file it served is not valid gzip of the expected size") from None
         if _sha256(raw) != sha256:
             raise _MirrorFailure("the file it served does not match the expected SHA-256 checksum")
         try:
@@ -415,17 +441,30 @@ def _download_verified(url: str, final_path: Path, sha256: str, *, progress: boo
         temp_path.unlink(missing_ok=True)
 
 
-def _stream(url: str, out: BinaryIO, label: str, *, progress: bool, timeout: float) -> None:
-    """Copy the body of ``url`` into ``out``, with an optional progress bar."""
+def _stream(url: str, out: BinaryIO, label: str, *, progress: bool, timeout: float,
+            deadline: float = DOWNLOAD_DEADLINE_S, limit: int | None = None) -> None:
+    """Copy the body of ``url`` into ``out``, with an optional progress bar; a ``_MirrorFailure`` once it
+    has taken ``deadline`` seconds in all (each read waits at most ``timeout``), or has sent more than
+    ``limit`` bytes (a gzip file is never much larger than what it holds)."""
+    give_up_at = time.monotonic() + deadline
+    most = None if limit is None else limit + _GZIP_OVERHEAD_BYTES
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=min(timeout, deadline)) as response:
             total = _content_length(response)
+            if most is not None and total is not None and total > most:
+                raise _MirrorFailure(f"it offers {total:,} bytes, more than the file has")
             received = 0
             with _progress_bar(label, total, enabled=progress) as advance:
-                for chunk in iter(lambda: response.read(_CHUNK_BYTES), b""):
+                # read1 returns what one read of the connection brings, so the deadline is checked between
+                # reads, however slowly the bytes come.
+                for chunk in iter(lambda: response.read1(_CHUNK_BYTES), b""):
                     out.write(chunk)
                     received += len(chunk)
                     advance(len(chunk))
+                    if time.monotonic() > give_up_at:
+                        raise _MirrorFailure(f"it sent only {received:,} bytes in {deadline:g} s")
+                    if most is not None and received > most:
+                        raise _MirrorFailure(f"it sent more than the {limit:,} bytes the file has")
     except urllib.error.HTTPError as error:
         raise _MirrorFailure(f"HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
@@ -467,6 +506,19 @@ def _progress_bar(label: str, total: int | None, *, enabled: bool) -> Iterator[C
         yield lambda n_bytes: bar.advance(task, n_bytes)
 
 
+def _remove_stale_parts(final_path: Path, older_than: float) -> None:
+    """Removes the temporary files of downloads of ``final_path`` that a killed process left: any older than
+    a download may last (``older_than`` seconds) belongs to no download still running."""
+    now = time.time()
+    for part in final_path.parent.glob(f".{final_path.name}.*.part"):
+        try:
+            info = part.lstat()
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
+                part.unlink()
+        except OSError:
+            pass
+
+
 def _make_temp_file(final_path: Path) -> tuple[int, str]:
     """Create the hidden temporary file a download streams into, beside ``final_path``."""
     try:
@@ -486,6 +538,10 @@ def _not_writable(directory: Path, error: OSError) -> DataError:
 
 def _make_dir(directory: Path) -> None:
     """Create ``directory`` (and parents), turning a failure into a DataError that says what to do."""
+    if not outside_missing_home(directory):
+        raise DataError(f"The download directory {directory} lies in the home folder {Path.home()}, which does not "
+                        f"exist; set {CACHE_DIR_ENV} to a folder that can be written, or point {_DATA_DIR_HINT} at "
+                        f"a directory that already holds the files.")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:

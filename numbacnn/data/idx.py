@@ -16,11 +16,12 @@ because downloaded or hand-copied files are often renamed.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 
@@ -61,25 +62,41 @@ def read_idx(source: PathOrBytes) -> np.ndarray:
     return parse_idx(raw, label)
 
 
-def read_decompressed(source: PathOrBytes) -> bytes:
+def read_decompressed(source: PathOrBytes, limit: int | None = None) -> bytes:
     """Return the uncompressed bytes of a file or buffer, gunzipping it if it starts with gzip's magic.
 
     Args:
         source: a path to the file, or the file's bytes.
+        limit: the most uncompressed bytes the content may have; more is refused as soon as it shows,
+            before the rest is read or unpacked (a small gzip file can hold gigabytes).
 
     Raises:
-        DataError: the file cannot be read or its gzip stream is corrupt or truncated.
+        DataError: the file cannot be read, its gzip stream is corrupt or truncated, or it holds more than
+            ``limit`` bytes.
     """
     label = _describe(source)
-    data = _read_source(source)
-    if not data.startswith(GZIP_MAGIC):
-        return data
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as error:
+        with _open_source(source) as f:
+            if f.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+                f.seek(0)
+                with gzip.GzipFile(fileobj=f) as unpacked:
+                    data = unpacked.read(-1 if limit is None else limit + 1)
+            else:
+                f.seek(0)
+                data = f.read(-1 if limit is None else limit + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise DataError(
             f"{label} is a corrupt or truncated gzip file ({error}); delete it and download or copy it again."
         ) from None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise DataError(f"Cannot read {source} ({reason}); check that the path exists and is a readable file.") from None
+    if limit is not None and len(data) > limit:
+        raise DataError(
+            f"{label} holds more than the {limit:,} bytes its data needs, so it is not the original file; "
+            "delete it and download or copy it again."
+        )
+    return data
 
 
 def parse_idx(raw: bytes, label: str = "the IDX data") -> np.ndarray:
@@ -130,8 +147,9 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
     if path.name.endswith(".gz"):
         # mtime=0 keeps the output reproducible, so checksums of written fixtures do not change.
         data = gzip.compress(data, mtime=0)
-    path.write_bytes(data)
-    return path
+    from numbacnn.files import write_atomically
+
+    return write_atomically(path, lambda f: f.write(data))
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -191,18 +209,11 @@ def _type_code_for(dtype: np.dtype) -> int:
     raise ValueError(f"IDX cannot store dtype {dtype}; use uint8, int8, int16, int32, float32 or float64")
 
 
-def _read_source(source: PathOrBytes) -> bytes:
-    """Return the bytes of a buffer, or of the file at a path."""
+def _open_source(source: PathOrBytes) -> BinaryIO:
+    """A binary file object over a buffer, or the file at a path."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    try:
-        return Path(source).read_bytes()
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise DataError(
-            f"Cannot read {source} ({reason}); "
-            "check that the path exists and is a readable file."
-        ) from None
+        return io.BytesIO(bytes(source))
+    return open(source, "rb")
 
 
 def _describe(source: PathOrBytes) -> str:

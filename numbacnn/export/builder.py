@@ -69,18 +69,13 @@ class OnnxBuilder:
     def add_layer(self, layer: Layer, x: str) -> str:
         """Adds ``layer`` (inference behaviour) applied to tensor ``x``; returns the output's name.
 
-        A layer exports through its own ``to_onnx(builder, x)`` method when it has one, else through the
-        built-in export for its type; ``ExportError`` naming the layer and its package when there is neither.
+        Every layer, built-in or plug-in, exports through its own ``to_onnx(builder, x)`` method; ``ExportError``
+        naming the layer and its package when it has none.
         """
-        from .builtin import BUILTIN_EXPORTS
-
-        if hasattr(layer, "to_onnx"):
-            return layer.to_onnx(self, x)
-        export = BUILTIN_EXPORTS.get(type(layer))
-        if export is None:
+        if not hasattr(layer, "to_onnx"):
             raise ExportError(f"Layer {layer.name!r} ({_provider(layer)}) has no ONNX export: its package must "
                               f"give it a to_onnx method (see docs/plugins.md, \"Exporting to ONNX\").")
-        return export(self, layer, x)
+        return layer.to_onnx(self, x)
 
     def add_layers(self, layers: list[Layer], x: str) -> str:
         """Adds a chain of layers, as written (what a block's export calls for its children)."""
@@ -123,8 +118,9 @@ def to_onnx(model: Sequential):
 
 
 def save_onnx(model: Sequential, path: str | Path) -> Path:
-    """Writes ``model`` as an ONNX file at ``path``; returns the path."""
-    onnx_model = to_onnx(model)
-    path = Path(path)
-    path.write_bytes(onnx_model.SerializeToString())
-    return path
+    """Writes ``model`` as an ONNX file at ``path``, atomically (an ``OutputError`` when it cannot be
+    written); returns the path."""
+    from ..files import write_atomically
+
+    data = to_onnx(model).SerializeToString()
+    return write_atomically(Path(path), lambda f: f.write(data))

@@ -1,4 +1,4 @@
-"""What max and average pooling share: the window, the stride and the output-shape rule."""
+"""What the pooling layers share: the window, the stride and the output-shape rule."""
 
 from ..errors import ShapeError
 from ..layer import Layer, as_config_value, check_image_shape, check_pair
@@ -28,6 +28,20 @@ class Pool2D(Layer):
                 f"use a smaller size or fewer pooling layers before it."
             )
         return ((h - ph) // sh + 1, (w - pw) // sw + 1, c)
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The window's (height, width)."""
+        return self._size
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        """How far the window moves between outputs, (down, across)."""
+        return self._stride
+
+    def onnx_window(self) -> dict:
+        """The attributes of an ONNX pooling node for this window (no padding), for ``to_onnx``."""
+        return {"kernel_shape": list(self._size), "strides": list(self._stride)}
 
     def _window(self):
         return (*self._size, *self._stride)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
 
-from ..device import get_device
+from ..device import kernels_for
 from ..errors import ShapeError, SpecError
 
 
@@ -31,7 +30,7 @@ class Optimizer:
         """One update from the gradients the last backward pass left in the model: one kernel call over all
         parameters at once (``model.flat_params``), each element updated exactly as on its own."""
         self.steps += 1
-        kernels = importlib.import_module(f"{__name__}.{model.device.name}")
+        kernels = kernels_for(__name__, model.device)
         if self._moments is None:
             flat = model.flat_params
             self._moments = tuple(model.device.zeros(flat.size, flat.dtype) for _ in range(self.slots))

@@ -28,10 +28,10 @@ def new_figure(width: float, height: float):
 
 
 def save_png(figure, path: str | Path) -> Path:
-    """Writes ``figure`` as a PNG file at ``path``."""
-    path = Path(path)
-    figure.savefig(path, format="png", dpi=DPI)
-    return path
+    """Writes ``figure`` as a PNG file at ``path``, atomically (an ``OutputError`` when it cannot be written)."""
+    from ..files import write_atomically
+
+    return write_atomically(Path(path), lambda f: figure.savefig(f, format="png", dpi=DPI))
 
 
 def panels(figure) -> list:

@@ -97,7 +97,10 @@ def errors_figure(images: np.ndarray, labels: np.ndarray, probabilities: np.ndar
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax, i in zip(axes.flat, worst):
         guess = int(probabilities[i].argmax())
-        ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+        if images.shape[-1] == 3:  # colour pictures in colour
+            ax.imshow(np.clip(images[i], 0, 1), interpolation="nearest")
+        else:
+            ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"#{i}: true {class_names[labels[i]]}\n"
                      f"predicted {class_names[guess]} ({probabilities[i, guess]:.1%})", fontsize=8, color="#b00000")
         ax.set_xticks([])

@@ -74,6 +74,7 @@ class _BatchNorm(Layer):
     def forward(self, x, *, training=False):
         out = self.result("out", x.shape, training)
         self._x = x if training else None  # with the batch's mean and 1 / std, what backward needs
+        self._fixed_statistics = False
         rows = self._rows(x)
         if rows.shape[0] == 0:  # an empty batch has no statistics to use or to keep
             return out
@@ -87,7 +88,14 @@ class _BatchNorm(Layer):
         self.kernels.batchnorm_forward(rows, mean, inv_std, self.params["weight"], self.params["bias"], self._rows(out))
         return out
 
+    def forward_for_gradients(self, x):
+        # The evaluation pass, with the running statistics, which do not depend on the batch: see backward.
+        out = self.forward(x, training=False)
+        self._x, self._fixed_statistics = x, True
+        return out
+
     def backward(self, dy):
+        fixed_statistics = getattr(self, "_fixed_statistics", False)
         x, dy_rows = self._rows(self._x), self._rows(dy)
         mean, inv_std = self.buffer("mean", (self.channels,)), self.buffer("inv_std", (self.channels,))
         dweight, dbias = self.grads["weight"], self.grads["bias"]
@@ -95,7 +103,12 @@ class _BatchNorm(Layer):
         if not self.needs_input_grad:
             return None
         dx = self.result("dx", dy.shape)
-        self.kernels.batchnorm_backward_input(x, dy_rows, mean, inv_std, self.params["weight"], dweight, dbias,
+        # After forward_for_gradients the statistics are constants: no gradient flows through them, which is
+        # the same formula with zero parameter gradients in it (dx = weight * inv_std * dy).
+        through_statistics = (dweight, dbias)
+        if fixed_statistics:
+            through_statistics = (self.device.zeros(self.channels, self.dtype),) * 2
+        self.kernels.batchnorm_backward_input(x, dy_rows, mean, inv_std, self.params["weight"], *through_statistics,
                                               self._rows(dx))
         return dx
 
@@ -109,6 +122,16 @@ class _BatchNorm(Layer):
         return (f"{self.channels} {self._unit}: a scale and a shift each; "
                 f"running mean and variance kept (not trained)")
 
+    # -- elsewhere ---------------------------------------------------------------------------------------
+
+    def to_onnx(self, builder, x: str) -> str:
+        """Inference batch normalisation with the running statistics (ONNX's op takes (N, C) or (N, C, H, W))."""
+        host = self.device.to_host
+        inputs = [x] + [builder.add_constant(host(array), f"bn_{key}") for key, array in (
+            ("weight", self.params["weight"]), ("bias", self.params["bias"]),
+            ("running_mean", self.state["running_mean"]), ("running_var", self.state["running_var"]))]
+        return builder.add_node("BatchNormalization", inputs, epsilon=self.eps)
+
 
 class BatchNorm2D(_BatchNorm):
     """Batch normalisation of feature maps (height, width, channels): each channel over the batch and every
@@ -116,6 +139,7 @@ class BatchNorm2D(_BatchNorm):
     to the variance, > 0); see the module docstring."""
 
     name = "batchnorm2d"
+    continues_stage = True
 
     def _check_shape(self, in_shape):
         if len(in_shape) != 3:
@@ -123,6 +147,9 @@ class BatchNorm2D(_BatchNorm):
                 f"batchnorm2d needs feature maps (height, width, channels) but gets shape {tuple(in_shape)}; "
                 f"put it after a conv2d and before flatten, or use batchnorm for flat features."
             )
+
+    def to_torch(self, torch):
+        return torch.nn.BatchNorm2d(self.channels, eps=self.eps, momentum=self.momentum)  # momentum as PyTorch's
 
 
 class BatchNorm(_BatchNorm):

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ...initializers import he_normal
-from ...layer import Layer, as_config_value, check_int, check_pair, check_padding, filter_geometry
+from ...layer import Layer, as_config_value, check_bool, check_int, check_pair, check_padding, filter_geometry
+from ..maxpool2d import MaxPool2D
+
+
+class Geometry(NamedTuple):
+    """How a filter goes over an input: the zero rows and columns added on each side ("same" may add one more
+    at the end than at the start, as Keras does; rows the filter never reaches need none) and the output's
+    height and width."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    out_height: int
+    out_width: int
 
 
 class Conv2D(Layer):
@@ -29,19 +45,27 @@ class Conv2D(Layer):
         self.kernel_size = as_config_value(kernel_size)
         self.stride = as_config_value(stride)
         self.padding = as_config_value(padding)
-        self.bias = bool(bias)
+        self.bias = check_bool(self.name, "bias", bias)
         self._kernel = check_pair(self.name, "kernel_size", kernel_size)
         self._stride = check_pair(self.name, "stride", stride)
         self._padding = check_padding(self.name, padding)
         self._workspace = {}  # what a training forward pass keeps for the backward pass (the kernels decide)
 
-    def _geometry_for(self, in_shape) -> tuple[int, int, int, int]:
-        """(top, left, out_height, out_width) for ``in_shape``."""
-        return filter_geometry(self.name, in_shape, self._kernel, self._stride, self._padding)
+    def geometry(self, in_shape) -> Geometry:
+        """The padding on each side and the output size for inputs of ``in_shape`` (height, width, channels);
+        ``ShapeError`` when the filter does not fit."""
+        top, left, oh, ow = filter_geometry(self.name, in_shape, self._kernel, self._stride, self._padding)
+        (h, w, _), (kh, kw), (sh, sw) = in_shape, self._kernel, self._stride
+        return Geometry(top, left, max(0, (oh - 1) * sh + kh - h - top), max(0, (ow - 1) * sw + kw - w - left),
+                        oh, ow)
 
     def output_shape(self, in_shape):
-        _, _, oh, ow = self._geometry_for(in_shape)
-        return (oh, ow, self.filters)
+        geometry = self.geometry(in_shape)
+        return (geometry.out_height, geometry.out_width, self.filters)
+
+    def param_count(self, in_shape):
+        (kh, kw), c = self._kernel, in_shape[2]
+        return (kh * kw * c + self.bias) * self.filters
 
     def init_params(self, in_shape, rng):
         (kh, kw), c = self._kernel, in_shape[2]
@@ -56,22 +80,94 @@ class Conv2D(Layer):
         per_filter = f"{kh * kw * c} weights + 1 bias" if self.bias else f"{kh * kw * c} weights"
         return f"{self.filters} filters of shape ({kh},{kw},{c}), each {per_filter}"
 
-    def _geometry(self):
-        top, left, _, _ = self._geometry_for(self.in_shape)
-        return self._stride[0], self._stride[1], top, left
+    def _strides_and_padding(self) -> tuple[int, int, int, int]:
+        """(stride down, stride across, top padding, left padding): the kernels' arguments."""
+        geometry = self.geometry(self.in_shape)
+        return self._stride[0], self._stride[1], geometry.top, geometry.left
 
     def forward(self, x, *, training=False):
         out = self.result("out", (x.shape[0], *self.out_shape), training)
-        self.kernels.conv2d_forward(x, self.params["weight"], self.bias_or_zeros(self.filters), *self._geometry(), out,
-                                    workspace=self._workspace if training else None)
+        self.kernels.conv2d_forward(x, self.params["weight"], self.bias_or_zeros(self.filters),
+                                    *self._strides_and_padding(), out, workspace=self._workspace if training else None)
         self._x = x if training else None
         return out
 
     def backward(self, dy):
-        x, geometry = self._x, self._geometry()
+        x, geometry = self._x, self._strides_and_padding()
         db = self.grads["bias"] if self.bias else self.buffer("unused_db", (self.filters,))
         dx = self.result("dx", x.shape) if self.needs_input_grad else None
         self.kernels.conv2d_backward(x, dy, self.params["weight"], *geometry, self.grads["weight"], db, dx,
                                      workspace=self._workspace)
         return dx
 
+    def fused_with(self, following):
+        """Where this device's kernels can (the CPU's generated kernels, for 2x2 max pooling with stride 2), the
+        max pooling written right after the convolution runs in the same kernel: ``ConvThenMaxPool``."""
+        fuses = getattr(self.kernels, "fuses_max_pool", None)
+        if isinstance(following, MaxPool2D) and fuses is not None and fuses(self, following):
+            return ConvThenMaxPool(self, following)
+        return None
+
+    def to_onnx(self, builder, x: str) -> str:
+        # ONNX wants (F, C, KH, KW) weights where numbacnn keeps (KH, KW, C, F): transposed here, once.
+        weight = builder.add_constant(self.device.to_host(self.params["weight"]).transpose(3, 2, 0, 1), "conv_weight")
+        bias = builder.add_constant(self.device.to_host(self.params["bias"]), "conv_bias") if self.bias else ""
+        top, left, bottom, right, _, _ = self.geometry(self.in_shape)
+        return builder.add_node("Conv", [x, weight, bias] if bias else [x, weight], kernel_shape=list(self._kernel),
+                                strides=list(self._stride), pads=[top, left, bottom, right])
+
+    def to_torch(self, torch):
+        """torch.nn.Conv2d with the same padding: where "same" pads less at the top and left than at the bottom
+        and right, which Conv2d cannot, a ZeroPad2d before it does the padding."""
+        top, left, bottom, right, _, _ = self.geometry(self.in_shape)
+        even = (top, left) == (bottom, right)
+        conv = torch.nn.Conv2d(self.in_shape[2], self.filters, self._kernel, stride=self._stride, bias=self.bias,
+                               padding=(top, left) if even else 0)
+        return conv if even else torch.nn.Sequential(torch.nn.ZeroPad2d((left, right, top, bottom)), conv)
+
+
+class ConvThenMaxPool:
+    """A convolution and the max pooling after it, run as one step of a model's run order (see
+    ``block.run_order``): one kernel computes the convolution and keeps only each window's largest value and
+    where it was, so the convolution's full-size output is never written. Outputs and gradients are exactly
+    those of the two layers run one after the other; both stay in the model as they were built (the summary
+    and the pictures show them apart, and a feature-map picture runs them one by one)."""
+
+    name = "conv2d+maxpool2d"
+
+    def __init__(self, conv: Conv2D, pool: MaxPool2D):
+        self.conv, self.pool = conv, pool
+        self.out_shape = pool.out_shape
+
+    @property
+    def parts(self) -> tuple[Layer, Layer]:
+        """The layers this step runs, in the order they run."""
+        return self.conv, self.pool
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.conv.needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        self.conv.needs_input_grad = value
+
+    def fused_with(self, following):
+        return None
+
+    def forward(self, x, *, training=False):
+        conv, pool = self.conv, self.pool
+        out = pool.result("out", (x.shape[0], *pool.out_shape), training)
+        argmax = pool.buffer("argmax", out.shape, np.int32)
+        conv.kernels.conv2d_forward_max_pooled(
+            x, conv.params["weight"], conv.bias_or_zeros(conv.filters), *conv._strides_and_padding(),
+            conv.out_shape, out, argmax, workspace=conv._workspace if training else None)
+        conv._x = x if training else None
+        pool._argmax, pool._relu_out = (argmax if training else None), None
+        return out
+
+    def backward(self, dy):
+        return self.conv.backward(self.pool.backward(dy))
+
+    def __repr__(self) -> str:
+        return f"{self.conv!r} {self.pool!r}"

@@ -10,11 +10,20 @@ In the direct kernels the innermost loop runs over a contiguous channel axis so 
 ``contract`` lets it fuse multiply and add into FMA without reordering sums, so results repeat bit for bit.
 """
 
+import os
+
 import numpy as np
 from numba import njit, prange
 
+from ...kernels import conv as generated
+from ..maxpool2d.cpu import maxpool2d_forward
+from ...kernels import simd
+
 from ...cpu_kernels import FMA, matmul, matmul_t, scratch, transpose_last
 
+# NUMBACNN_KERNELS=generic runs every convolution through the generic kernels below (the reference the
+# generated ones are tested against, and the way to compare the two).
+KERNELS_ENV = "NUMBACNN_KERNELS"
 # Filters with at least this many weights (KH * KW * C) go through im2col + BLAS.
 GEMM_MIN_WEIGHTS = 32
 # A first layer with fewer filters than this runs the one-channel forward kernel. Measured with
@@ -34,6 +43,9 @@ def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out, workspac
     made here (im2col) are kept in it, so that the backward pass need not make them again.
     """
     KH, KW, C, F = w.shape
+    g = generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, out.shape)
+    if g is not None:
+        return _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace)
     if KH * KW * C < GEMM_MIN_WEIGHTS:
         if C == 1 and F < ONE_CHANNEL_MAX_FILTERS and stride_h == stride_w == 1:
             return conv2d_forward_one_channel(x, w, b, pad_top, pad_left, out)
@@ -48,6 +60,9 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
     """Fills dw, db (summed over the batch) and, unless it is None, dx = the gradient of the input;
     ``workspace``: what the forward pass on ``x`` kept there (see ``conv2d_forward``)."""
     KH, KW, C, F = w.shape
+    g = generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, dy.shape)
+    if g is not None:
+        return _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace)
     rows = dy.reshape((-1, F))
     geometry = (stride_h, stride_w, pad_top, pad_left)
     if C >= SPARSE_MIN_CHANNELS and np.count_nonzero(rows) < SPARSE_MAX_DENSITY * rows.size:
@@ -57,6 +72,112 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
     else:
         np.sum(rows, axis=0, out=db)
         _backward_blas(x, dy, w, geometry, dw, dx, workspace)
+
+
+# -- the generated, register-blocked kernels (numbacnn.kernels.conv) -------------------------------------------
+
+def generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, out_shape):
+    """The geometry of the generated kernels for this convolution, or None where the generic kernels run it:
+    float32 only (the gradient checks run float64 through the generic kernels), a whole number of filter
+    vectors, and not when ``NUMBACNN_KERNELS=generic`` asks for the generic kernels everywhere."""
+    if not generated_kernels_enabled() or x.dtype != np.float32 or w.dtype != np.float32:
+        return None
+    KH, KW, C, F = w.shape
+    if F % simd.lanes():
+        return None
+    OH, OW = out_shape[1], out_shape[2]
+    # The padded input: every position a window reads, and nothing past the last one.
+    HP, WP = (OH - 1) * stride_h + KH, (OW - 1) * stride_w + KW
+    if HP < pad_top + 1 or WP < pad_left + 1:
+        return None
+    return generated.Geometry(HP, WP, C, KH, KW, F, stride_h, stride_w, OH, OW)
+
+
+def generated_kernels_enabled() -> bool:
+    return os.environ.get(KERNELS_ENV, "").strip().lower() != "generic"
+
+
+def fuses_max_pool(conv, pool) -> bool:
+    """Whether ``conv`` and the max pooling ``pool`` after it run as one generated kernel: 2x2 windows with
+    stride 2 after a float32 convolution that the generated kernels run."""
+    if pool.window != (2, 2) or pool.strides != (2, 2) or conv.dtype != np.float32:
+        return False
+    oh, ow, filters = conv.out_shape
+    return generated_kernels_enabled() and filters % simd.lanes() == 0 and oh >= 2 and ow >= 2
+
+
+def conv2d_forward_max_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, argmax,
+                              workspace=None):
+    """out = 2x2 max pooling with stride 2 of ``conv2d_forward``'s result (whose shape, without the batch
+    axis, is ``conv_shape``), and in ``argmax`` the flat position oh * OW + ow that won each window, as
+    ``maxpool2d_forward`` gives them; the convolution's own output is never written."""
+    g = generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, (x.shape[0], *conv_shape))
+    if g is None:  # the input is not what the model was built for: the two kernels one after the other
+        conv_out = scratch("conv_before_pooling", (x.shape[0], *conv_shape), x.dtype)
+        conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_out, workspace)
+        return maxpool2d_forward(conv_out, 2, 2, 2, 2, out, argmax)
+    xp = _padded_input(x, g, pad_top, pad_left, workspace)
+    generated.forward_max_pooled(xp, w, b, g, out, argmax)
+
+
+def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
+    """``x`` bordered with zeros (or cut) to the generated kernels' (HP, WP): kept in ``workspace`` for the
+    backward pass when training (which takes it from there: ``backward``), else in shared scratch memory."""
+    N, H, W, C = x.shape
+    if pad_top == 0 and pad_left == 0 and H == g.HP and W == g.WP:
+        return x
+    shape = (N, g.HP, g.WP, C)
+    if workspace is None:
+        xp = scratch("conv_padded", shape, x.dtype)
+    else:
+        # Only the backward pass may trust it: the next forward pass gets new values in the same array.
+        if backward and workspace.get("padded_of") is x:
+            return workspace["padded"]
+        xp = workspace.get("padded")
+        if xp is None or xp.shape != shape:
+            xp = workspace["padded"] = np.empty(shape, x.dtype)
+        workspace["padded_of"] = x
+    generated.pad_into(x, pad_top, pad_left, xp)
+    return xp
+
+
+def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace):
+    xp = _padded_input(x, g, pad_top, pad_left, workspace)
+    generated.forward(xp, w, b, g, out)
+
+
+def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
+    xp = _padded_input(x, g, pad_top, pad_left, workspace, backward=True)
+    generated.weight_grad(xp, dy, g, dw, db)
+    if dx is None:
+        return
+    gx = _input_grad_geometry(g, dx.shape, pad_top, pad_left)
+    if gx is None:
+        conv2d_backward_input_direct(dy, transpose_last(w), g.SH, g.SW, pad_top, pad_left, dx)
+        return
+    # dx is the stride-1 convolution of dy bordered by (KH - 1 - pad) zeros with the filters turned around; a
+    # strided convolution's dy is first spread out to every stride-th row and column (zeros between).
+    dyp = scratch("conv_dy_padded", (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)
+    top, left = g.KH - 1 - pad_top, g.KW - 1 - pad_left
+    if g.SH == g.SW == 1:
+        generated.pad_into(dy, top, left, dyp)
+    else:
+        generated.dilate_into(dy, g.SH, g.SW, top, left, dyp)
+    w_turned = generated.flipped(w, scratch("conv_w_turned", (g.KH, g.KW, g.F, g.C), w.dtype))
+    no_bias = scratch("conv_no_bias", (g.C,), dx.dtype)
+    no_bias[:] = 0
+    generated.forward(dyp, w_turned, no_bias, gx, dx)
+
+
+def _input_grad_geometry(g, dx_shape, pad_top, pad_left):
+    """The generated forward kernel's geometry for the input gradient, or None where it does not apply (a
+    channel count that is not a whole number of vectors, a border wider than a filter)."""
+    N, H, W, C = dx_shape
+    if C % simd.lanes() or pad_top > g.KH - 1 or pad_left > g.KW - 1:
+        return None
+    if (g.OH - 1) * g.SH + g.KH - pad_top > H + g.KH - 1 or (g.OW - 1) * g.SW + g.KW - pad_left > W + g.KW - 1:
+        return None  # the spread-out gradient would not fit the input's grid
+    return generated.Geometry(H + g.KH - 1, W + g.KW - 1, g.F, g.KH, g.KW, C, 1, 1, H, W)
 
 
 def _backward_sparse(x, dy, w, geometry, dw, db, dx):

@@ -4,7 +4,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from ...initializers import glorot_uniform
-from ...layer import Layer, check_int
+from ...layer import Layer, check_bool, check_int
 
 
 class Dense(Layer):
@@ -16,7 +16,7 @@ class Dense(Layer):
     def __init__(self, units, bias=True):
         super().__init__()
         self.units = check_int(self.name, "units", units)
-        self.bias = bool(bias)
+        self.bias = check_bool(self.name, "bias", bias)
 
     def output_shape(self, in_shape):
         if len(in_shape) != 1:
@@ -24,6 +24,9 @@ class Dense(Layer):
                 f"dense needs flat rows but gets shape {tuple(in_shape)}; put flatten before it."
             )
         return (self.units,)
+
+    def param_count(self, in_shape):
+        return (in_shape[0] + self.bias) * self.units
 
     def init_params(self, in_shape, rng):
         fan_in = in_shape[0]
@@ -51,3 +54,13 @@ class Dense(Layer):
         dx = self.result("dx", x.shape)
         self.kernels.dense_backward_input(dy, self.params["weight"], dx)
         return dx
+
+    def to_onnx(self, builder, x: str) -> str:
+        weight = builder.add_constant(self.device.to_host(self.params["weight"]), "dense_weight")  # (in, units)
+        if not self.bias:
+            return builder.add_node("MatMul", [x, weight])
+        bias = builder.add_constant(self.device.to_host(self.params["bias"]), "dense_bias")
+        return builder.add_node("Gemm", [x, weight, bias])
+
+    def to_torch(self, torch):
+        return torch.nn.Linear(self.in_shape[0], self.units, bias=self.bias)

@@ -13,6 +13,7 @@ class Dropout(Layer):
 
     name = "dropout"
     devices = ("cpu", "cuda")
+    continues_stage = True
 
     def __init__(self, rate=0.5):
         super().__init__()
@@ -39,9 +40,20 @@ class Dropout(Layer):
         self.kernels.apply_mask(x, self._mask, self._first, self.rate, out)
         return out
 
+    def forward_for_gradients(self, x):
+        # The evaluation pass, the identity: backward then hands the gradient back unchanged.
+        self._mask = None
+        return x
+
     def backward(self, dy):
         if self._mask is None:
             return dy
         dx = self.result("dx", dy.shape)
         self.kernels.apply_mask(dy, self._mask, self._first, self.rate, dx)
         return dx
+
+    def to_onnx(self, builder, x: str) -> str:
+        return x  # at inference dropout passes its input on unchanged
+
+    def to_torch(self, torch):
+        return torch.nn.Dropout(self.rate)

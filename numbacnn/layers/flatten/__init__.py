@@ -26,3 +26,12 @@ class Flatten(Layer):
 
     def backward(self, dy):
         return dy.reshape((dy.shape[0], *self.in_shape))
+
+    def to_onnx(self, builder, x: str) -> str:
+        if len(self.in_shape) == 3:
+            # numbacnn flattens (H, W, C) with channels fastest: back to channels-last before the reshape.
+            x = builder.add_node("Transpose", [x], perm=[0, 2, 3, 1])
+        return builder.add_node("Flatten", [x], axis=1)
+
+    def to_torch(self, torch):
+        return torch.nn.Flatten()

@@ -8,6 +8,7 @@ class ReLU(Layer):
 
     name = "relu"
     devices = ("cpu", "cuda")
+    continues_stage = True
 
     def __init__(self):
         super().__init__()
@@ -25,3 +26,9 @@ class ReLU(Layer):
         dx = self.result("dx", dy.shape)
         self.kernels.relu_backward(self._y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
         return dx
+
+    def to_onnx(self, builder, x: str) -> str:
+        return builder.add_node("Relu", [x])
+
+    def to_torch(self, torch):
+        return torch.nn.ReLU()

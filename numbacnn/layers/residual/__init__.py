@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 from ...block import Block
-from ...errors import ShapeError
+from ...errors import NumbacnnError, ShapeError
 from ..conv2d import Conv2D
 from ..dense import Dense
+
+
+_PROBE = 720720  # the least common multiple of 1..16
+
+
+def _chain_shape(layers, shape):
+    """The shape ``layers`` turn ``shape`` into, from their shape rules alone (nothing is built); a block
+    counts as its chain of children, as a residual block's output is its branch's."""
+    for layer in layers:
+        shape = _chain_shape(layer.children, shape) if isinstance(layer, Block) else layer.output_shape(shape)
+    return tuple(shape)
 
 
 class Residual(Block):
@@ -47,13 +56,29 @@ class Residual(Block):
             return Dense(out_shape[0], bias=False)
         if len(in_shape) == 3 and len(out_shape) == 3:
             (h, w, _), (oh, ow, channels) = in_shape, out_shape
-            strides = [math.ceil(size / out) for size, out in ((h, oh), (w, ow))]
-            if all((size - 1) // s + 1 == out for size, out, s in zip((h, w), (oh, ow), strides)):
+            strides = self._branch_strides(in_shape)
+            if strides and all((size - 1) // s + 1 == out for size, out, s in zip((h, w), (oh, ow), strides)):
                 return Conv2D(channels, 1, stride=strides, bias=False)
         raise ShapeError(
             f"the branch turns {tuple(in_shape)} into {tuple(out_shape)}, which no skip connection can match; "
             f"a residual branch must keep the image size or shrink it by a whole stride (use padding='same')."
         )
+
+    def _branch_strides(self, in_shape):
+        """The branch's stride along each image axis (how many input pixels one output pixel moves by), or
+        None when the branch's shapes do not tell. Found from the branch's output sizes for two large inputs
+        that differ by ``_PROBE`` pixels, a multiple of every stride up to 16: the image size alone cannot
+        tell a stride of 3 from one of 2 (a 4-pixel axis becomes 2 pixels under both)."""
+        try:
+            base = [size + _PROBE * 4 for size in in_shape[:2]]
+            small = _chain_shape(self.children, (*base, in_shape[2]))
+            large = _chain_shape(self.children, (base[0] + _PROBE, base[1] + _PROBE, in_shape[2]))
+        except (NumbacnnError, NotImplementedError, TypeError, ValueError):
+            return None
+        steps = [b - a for a, b in zip(small[:2], large[:2])]
+        if len(small) != 3 or any(step <= 0 or _PROBE % step for step in steps):
+            return None
+        return [_PROBE // step for step in steps]
 
     def describe_params(self):
         if self.projection is None:
@@ -80,3 +105,25 @@ class Residual(Block):
         dx = self.result("dx", through_branch.shape)
         self.kernels.add(through_branch.reshape(-1), through_skip.reshape(-1), dx.reshape(-1))
         return dx
+
+    def to_onnx(self, builder, x: str) -> str:
+        branch = builder.add_layers(self.children, x)
+        skip = x if self.projection is None else builder.add_layer(self.projection, x)
+        return builder.add_node("Add", [branch, skip])
+
+    def to_torch(self, torch):
+        """Over feature maps: the branch, plus the input or its 1x1 projection."""
+        if len(self.in_shape) != 3:
+            raise NotImplementedError("no PyTorch twin for a residual block over flat features")
+        branch = torch.nn.Sequential(*(child.to_torch(torch) for child in self.children))
+        skip = torch.nn.Identity() if self.projection is None else self.projection.to_torch(torch)
+
+        class Residual(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.branch, self.skip = branch, skip
+
+            def forward(self, x):
+                return self.branch(x) + self.skip(x)
+
+        return Residual()

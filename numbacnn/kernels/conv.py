@@ -1,0 +1,437 @@
+"""Register-blocked convolution kernels, generated per layer geometry.
+
+The forward kernel holds a block of P output positions x FV filter vectors as vector accumulators (P * FV of
+the processor's vector registers), and for each filter tap (kh, kw) and input channel c loads FV weight vectors
+from the [kh][kw][c][f] layout, broadcasts each position's input value and issues P * FV FMAs. Every sum starts
+from the bias and adds the taps in the order (kh, kw, c), one FMA each: the same order as the generic direct
+kernel, so the two agree to the bit.
+
+The input gradient of a stride-1 convolution is the same kernel run over the output gradient bordered with
+zeros, with the filters turned half a circle and their channel axes swapped. The weight gradient holds a block of
+(kh, kw, c) rows x FV filter vectors and runs over the output positions of a fixed number of chunks of the batch,
+each into its own partial sum; the partial sums are then added in chunk order, so the bits do not depend on how
+many threads ran.
+
+Inputs are padded copies (``pad``) so that the kernels never test a border. Only float32 arrays whose filter
+count (or, for the input gradient, channel count) is a whole number of vectors take these kernels; ``plan``
+says whether a layer's geometry does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numba import njit, prange
+
+from ..cpu_kernels import scratch
+from . import simd
+from .generate import Source, load_module
+
+# Weight-gradient partial sums: a fixed count, so that the summation order is the same on any number of threads.
+CHUNKS = 16
+# The output-gradient rows one pass of the weight-gradient blocks reads: small enough for the first-level cache.
+TILE_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One convolution as its kernels see it: a padded input of (HP, WP, C), filters (KH, KW, C, F), strides,
+    and the output size."""
+
+    HP: int
+    WP: int
+    C: int
+    KH: int
+    KW: int
+    F: int
+    SH: int
+    SW: int
+    OH: int
+    OW: int
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """How many output positions (P) and filter vectors (FV) one block of accumulators holds."""
+
+    lanes: int
+    P: int
+    FV: int
+
+
+@lru_cache(maxsize=None)
+def choose_blocking(positions: int, filters: int, lanes: int, registers: int) -> Blocking | None:
+    """The block that needs the fewest loads per FMA for a row of ``positions`` outputs and ``filters`` filters,
+    with its accumulators, its weight vectors and one broadcast in registers; None when ``filters`` is not a
+    whole number of vectors."""
+    if filters % lanes:
+        return None
+    vectors = filters // lanes
+    best, best_cost = None, None
+    for fv in range(1, min(vectors, 4) + 1):
+        if vectors % fv:
+            continue
+        most = (registers - 2 - fv) // fv
+        for p in range(1, min(most, positions) + 1):
+            full, tail = divmod(positions, p)
+            blocks = [p] * full + ([tail] if tail else [])
+            # per filter-vector group: loads (weights + broadcasts) plus FMAs, over the row's blocks
+            cost = (vectors // fv) * sum(fv + q + fv * q * 0.5 for q in blocks)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = Blocking(lanes, p, fv), cost
+    return best
+
+
+def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool) -> None:
+    """Source for one block of ``count`` positions starting at ``ow0`` (a variable), filters from ``f0``."""
+    L, FV = b.lanes, b.FV
+    for v in range(FV):
+        src(f"bias_{v} = load(bias, f0 + {v * L})")
+    for p in range(count):
+        src(*(f"acc_{p}_{v} = bias_{v}" for v in range(FV)))
+    src(f"for kh in range({g.KH}):")
+    with src.indent():
+        src(f"xrow = ((n * {g.HP} + oh * {g.SH} + kh) * {g.WP} + ow0 * {g.SW}) * {g.C}")
+        src(f"for kw in range({g.KW}):")
+        with src.indent():
+            src(f"for c in range({g.C}):")
+            with src.indent():
+                src(f"wi = ((kh * {g.KW} + kw) * {g.C} + c) * {g.F} + f0")
+                src(*(f"w_{v} = load(w, wi + {v * L})" for v in range(FV)))
+                src(f"xi = xrow + kw * {g.C} + c")
+                for p in range(count):
+                    src(f"x_{p} = splat(x, xi + {p * g.SW * g.C})")
+                    src(*(f"acc_{p}_{v} = fma(x_{p}, w_{v}, acc_{p}_{v})" for v in range(FV)))
+    src(f"oi = ((n * {g.OH} + oh) * {g.OW} + ow0) * {g.F} + f0")
+    for p in range(count):
+        for v in range(FV):
+            value = f"relu(acc_{p}_{v})" if relu else f"acc_{p}_{v}"
+            src(f"store(out, oi + {p * g.F + v * L}, {value})")
+
+
+def forward_source(g: Geometry, b: Blocking, relu: bool = False) -> str:
+    """A module with ``kernel(x, w, bias, out, N)``: the convolution of the flat padded input ``x`` (N, HP, WP,
+    C) with the flat filters ``w`` plus ``bias``, into the flat ``out`` (N, OH, OW, F); with ``relu``, max(., 0)."""
+    L = b.lanes
+    full, tail = divmod(g.OW, b.P)
+    src = Source()
+    src('"""Generated by numbacnn.kernels.conv.forward_source for one geometry; do not edit."""',
+        "from numba import njit, prange",
+        f"from numbacnn.kernels.simd import load{L} as load, splat{L} as splat, store, fma, relu",
+        f"# {g}", f"# {b}", "",
+        "@njit(parallel=True, cache=True)",
+        "def kernel(x, w, bias, out, N):")
+    with src.indent():
+        src(f"for row in prange(N * {g.OH}):")
+        with src.indent():
+            src(f"n = row // {g.OH}", f"oh = row - n * {g.OH}")
+            src(f"for fb in range({g.F // (L * b.FV)}):")
+            with src.indent():
+                src(f"f0 = fb * {L * b.FV}")
+                if full:
+                    src(f"for blk in range({full}):")
+                    with src.indent():
+                        src(f"ow0 = blk * {b.P}")
+                        _forward_block(src, g, b, b.P, relu)
+                if tail:
+                    src(f"ow0 = {full * b.P}")
+                    _forward_block(src, g, b, tail, relu)
+    return src.text()
+
+
+def pooled_blocking(g: Geometry) -> Blocking | None:
+    """The fused conv + 2x2 max pooling kernel's blocking: P pooled columns (2 x 2P convolution outputs) x FV
+    filter vectors, or None when ``g`` has no generated kernel."""
+    return _pooled_blocking(g, simd.lanes(), _registers())
+
+
+@lru_cache(maxsize=None)
+def _pooled_blocking(g: Geometry, lanes: int, registers: int) -> Blocking | None:
+    if g.F % lanes or g.OW < 2 or g.OH < 2:
+        return None
+    vectors = g.F // lanes
+    best, best_cost = None, None
+    for fv in range(1, min(vectors, 4) + 1):
+        if vectors % fv:
+            continue
+        for p in range(1, g.OW // 2 + 1):
+            if 4 * p * fv + fv + 2 > registers - 1:
+                break
+            full, tail = divmod(g.OW // 2, p)
+            blocks = [p] * full + ([tail] if tail else [])
+            cost = (vectors // fv) * sum(fv + 4 * q + 2 * fv * q for q in blocks)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = Blocking(lanes, p, fv), cost
+    return best
+
+
+def pooled_source(g: Geometry, b: Blocking) -> str:
+    """A module with ``kernel(x, w, bias, out, argmax, N)``: the convolution (as ``forward_source``) followed by
+    2x2 max pooling with stride 2, writing only the pooled ``out`` (N, OH // 2, OW // 2, F) and, per pooled
+    value, the flat position oh * OW + ow of the convolution output that won its window (``argmax``, int32):
+    the first maximum in the order (0, 0), (0, 1), (1, 0), (1, 1), a NaN winning, as ``maxpool2d`` decides."""
+    L, FV = b.lanes, b.FV
+    PH, PW = g.OH // 2, g.OW // 2
+    full, tail = divmod(PW, b.P)
+    src = Source()
+    src('"""Generated by numbacnn.kernels.conv.pooled_source for one geometry; do not edit."""',
+        "import numpy as np",
+        "from numba import njit, prange",
+        f"from numbacnn.kernels.simd import load{L} as load, broadcast{L} as broadcast, splat{L} as splat, store, fma, "
+        "greater, "
+        "isnan, either, select, store_int32",
+        f"# {g}", f"# {b}", "",
+        "@njit(parallel=True, cache=True)",
+        "def kernel(x, w, bias, out, argmax, N):")
+    with src.indent():
+        src(f"for row in prange(N * {PH}):")
+        with src.indent():
+            src(f"n = row // {PH}", f"ph = row - n * {PH}", "oh = 2 * ph")
+            src(f"for fb in range({g.F // (L * FV)}):")
+            with src.indent():
+                src(f"f0 = fb * {L * FV}")
+                if full:
+                    src(f"for blk in range({full}):")
+                    with src.indent():
+                        src(f"pw0 = blk * {b.P}")
+                        _pooled_block(src, g, b, b.P, PH, PW)
+                if tail:
+                    src(f"pw0 = {full * b.P}")
+                    _pooled_block(src, g, b, tail, PH, PW)
+    return src.text()
+
+
+def _pooled_block(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW: int) -> None:
+    L, FV = b.lanes, b.FV
+    cols = 2 * count
+    for v in range(FV):
+        src(f"bias_{v} = load(bias, f0 + {v * L})")
+    for r in range(2):
+        for j in range(cols):
+            src(*(f"acc_{r}_{j}_{v} = bias_{v}" for v in range(FV)))
+    src(f"for kh in range({g.KH}):")
+    with src.indent():
+        for r in range(2):
+            src(f"xrow_{r} = ((n * {g.HP} + (oh + {r}) * {g.SH} + kh) * {g.WP} + 2 * pw0 * {g.SW}) * {g.C}")
+        src(f"for kw in range({g.KW}):")
+        with src.indent():
+            src(f"for c in range({g.C}):")
+            with src.indent():
+                src(f"wi = ((kh * {g.KW} + kw) * {g.C} + c) * {g.F} + f0")
+                src(*(f"w_{v} = load(w, wi + {v * L})" for v in range(FV)))
+                src(f"tap = kw * {g.C} + c")
+                for r in range(2):
+                    for j in range(cols):
+                        src(f"x_{r}_{j} = splat(x, xrow_{r} + tap + {j * g.SW * g.C})")
+                        src(*(f"acc_{r}_{j}_{v} = fma(x_{r}_{j}, w_{v}, acc_{r}_{j}_{v})" for v in range(FV)))
+    src(f"oi = ((n * {PH} + ph) * {PW} + pw0) * {g.F} + f0")
+    for q in range(count):
+        src(f"first = oh * {g.OW} + 2 * (pw0 + {q})")
+        order = [(0, 2 * q, 0), (0, 2 * q + 1, 1), (1, 2 * q, g.OW), (1, 2 * q + 1, g.OW + 1)]
+        for v in range(FV):
+            r, j, _ = order[0]
+            src(f"best = acc_{r}_{j}_{v}", "where = broadcast(np.float32(first))")
+            for r, j, offset in order[1:]:
+                src(f"cand = acc_{r}_{j}_{v}",
+                    "take = either(greater(cand, best), isnan(cand))",
+                    "best = select(take, cand, best)",
+                    f"where = select(take, broadcast(np.float32(first + {offset})), where)")
+            src(f"store(out, oi + {q * g.F + v * L}, best)",
+                f"store_int32(argmax, oi + {q * g.F + v * L}, where)")
+
+
+def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int) -> str:
+    """A module with ``kernel(x, dy, partial, N)``: for each of ``CHUNKS`` chunks of the (n, oh) output rows,
+    partial[chunk, k, f] = sum over its positions of x[n, oh*SH + kh, ow*SW + kw, c] * dy[n, oh, ow, f], with
+    k = (kh * KW + kw) * C + c, the positions added in order; the row after the last k sums dy itself (the bias
+    gradient). A chunk goes through its rows a few at a time (a
+    tile of the output gradient that stays in the first-level cache), and every block of ``rows`` k's x ``fv``
+    filter vectors adds that tile into its registers, picking up and putting back its sums in ``partial`` (zeroed first, so an empty chunk adds nothing)."""
+    L = lanes
+    K = g.KH * g.KW * g.C
+    full, tail = divmod(K, rows)
+    tile = max(1, TILE_BYTES // (g.OW * g.F * 4))
+    src = Source()
+    src('"""Generated by numbacnn.kernels.conv.weight_grad_source for one geometry; do not edit."""',
+        "from numba import njit, prange",
+        f"from numbacnn.kernels.simd import load{L} as load, splat{L} as splat, store, fma, add",
+        f"# {g}", f"# rows {rows}, filter vectors {fv}, tile {tile} rows", "",
+        "@njit(parallel=True, cache=True)",
+        "def kernel(x, dy, partial, N):")
+    with src.indent():
+        src(f"R = N * {g.OH}")
+        src(f"for chunk in prange({CHUNKS}):")
+        with src.indent():
+            src(f"first = chunk * R // {CHUNKS}", f"last = (chunk + 1) * R // {CHUNKS}")
+            src(f"for i in range(chunk * {(K + 1) * g.F}, (chunk + 1) * {(K + 1) * g.F}):")
+            with src.indent():
+                src("partial[i] = 0.0")
+            src(f"for t0 in range(first, last, {tile}):")
+            with src.indent():
+                src(f"t1 = min(t0 + {tile}, last)")
+                src(f"for f0 in range(0, {g.F}, {L * fv}):")
+                with src.indent():
+                    if full:
+                        src(f"for kb in range({full}):")
+                        with src.indent():
+                            src(f"k0 = kb * {rows}")
+                            _weight_grad_block(src, g, L, rows, fv)
+                    if tail:
+                        src(f"k0 = {full * rows}")
+                        _weight_grad_block(src, g, L, tail, fv)
+                    _bias_grad_block(src, g, L, fv)
+    return src.text()
+
+
+def _bias_grad_block(src: Source, g: Geometry, L: int, fv: int) -> None:
+    """The bias gradient as one more row of ``partial`` (row KH * KW * C): the tile's output gradients added."""
+    src(f"pi = (chunk * {g.KH * g.KW * g.C + 1} + {g.KH * g.KW * g.C}) * {g.F} + f0")
+    src(*(f"bias_{v} = load(partial, pi + {v * L})" for v in range(fv)))
+    src("for row in range(t0, t1):")
+    with src.indent():
+        src(f"for ow in range({g.OW}):")
+        with src.indent():
+            src(f"di = row * {g.OW * g.F} + ow * {g.F} + f0")
+            src(*(f"bias_{v} = add(bias_{v}, load(dy, di + {v * L}))" for v in range(fv)))
+    src(*(f"store(partial, pi + {v * L}, bias_{v})" for v in range(fv)))
+
+
+def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int) -> None:
+    src(f"pi = (chunk * {g.KH * g.KW * g.C + 1} + k0) * {g.F} + f0")
+    for i in range(count):
+        src(f"k_{i} = k0 + {i}", f"c_{i} = k_{i} % {g.C}", f"t_{i} = k_{i} // {g.C}",
+            f"off_{i} = ((t_{i} // {g.KW}) * {g.WP} + t_{i} % {g.KW}) * {g.C} + c_{i}")
+    src(*(f"acc_{i}_{v} = load(partial, pi + {i * g.F + v * L})" for i in range(count) for v in range(fv)))
+    src("for row in range(t0, t1):")
+    with src.indent():
+        src(f"n = row // {g.OH}", f"oh = row - n * {g.OH}",
+            f"xrow = (n * {g.HP} + oh * {g.SH}) * {g.WP} * {g.C}",
+            f"dyrow = row * {g.OW * g.F} + f0")
+        src(f"for ow in range({g.OW}):")
+        with src.indent():
+            src(f"xi = xrow + ow * {g.SW * g.C}", f"di = dyrow + ow * {g.F}")
+            src(*(f"d_{v} = load(dy, di + {v * L})" for v in range(fv)))
+            for i in range(count):
+                src(f"x_{i} = splat(x, xi + off_{i})")
+                src(*(f"acc_{i}_{v} = fma(x_{i}, d_{v}, acc_{i}_{v})" for v in range(fv)))
+    for i in range(count):
+        src(*(f"store(partial, pi + {i * g.F + v * L}, acc_{i}_{v})" for v in range(fv)))
+
+
+@lru_cache(maxsize=None)
+def _forward_kernel(g: Geometry, b: Blocking, relu: bool):
+    return load_module("conv_forward", forward_source(g, b, relu), f"a convolution kernel for {_words(g)}").kernel
+
+
+@lru_cache(maxsize=None)
+def _pooled_kernel(g: Geometry, b: Blocking):
+    return load_module("conv_pooled", pooled_source(g, b),
+                       f"a convolution + max pooling kernel for {_words(g)}").kernel
+
+
+@lru_cache(maxsize=None)
+def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int):
+    return load_module("conv_weight_grad", weight_grad_source(g, lanes, rows, fv),
+                       f"a weight-gradient kernel for {_words(g)}").kernel
+
+
+def _words(g: Geometry) -> str:
+    return f"{g.KH}x{g.KW} filters, {g.C} -> {g.F} channels on {g.HP}x{g.WP}"
+
+
+def _registers() -> int:
+    return simd.registers()
+
+
+def forward_blocking(g: Geometry) -> Blocking | None:
+    """The forward kernel's blocking for ``g`` here, or None when ``g`` has no generated forward kernel."""
+    return choose_blocking(g.OW, g.F, simd.lanes(), _registers())
+
+
+def weight_grad_blocking(g: Geometry) -> tuple[int, int] | None:
+    """(rows, filter vectors) of the weight-gradient kernel for ``g``, or None."""
+    lanes = simd.lanes()
+    if g.F % lanes:
+        return None
+    b = choose_blocking(g.KH * g.KW * g.C, g.F, lanes, _registers())
+    return b.P, b.FV
+
+
+# -- padding -------------------------------------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def pad_into(x, top, left, out):
+    """out = x bordered with zeros: ``top`` rows and ``left`` columns before, the rest after."""
+    N, H, W, C = x.shape
+    HP, WP = out.shape[1], out.shape[2]
+    for n in prange(N):
+        for i in range(HP):
+            ih = i - top
+            if ih < 0 or ih >= H:
+                out[n, i] = 0.0
+                continue
+            for j in range(WP):
+                iw = j - left
+                if iw < 0 or iw >= W:
+                    out[n, i, j] = 0.0
+                else:
+                    out[n, i, j] = x[n, ih, iw]
+
+
+# -- the convolutions ----------------------------------------------------------------------------------------
+
+def forward(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray, relu: bool = False) -> None:
+    """out = conv(xp, w) + b (max(., 0) with ``relu``), xp already padded to (HP, WP)."""
+    kernel = _forward_kernel(g, forward_blocking(g), relu)
+    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0])
+
+
+def forward_max_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray,
+                       argmax: np.ndarray) -> None:
+    """out = 2x2 max pooling (stride 2) of conv(xp, w) + b, with each window's winner in ``argmax``; the
+    convolution's own output is never written."""
+    kernel = _pooled_kernel(g, pooled_blocking(g))
+    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), argmax.reshape(-1), xp.shape[0])
+
+
+def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db: np.ndarray) -> None:
+    """dw = sum over the batch of the products of xp's patches and dy, db = the sum of dy, each in ``CHUNKS``
+    partial sums added in order."""
+    rows, fv = weight_grad_blocking(g)
+    K = g.KH * g.KW * g.C
+    partial = scratch("conv_weight_grad_partial", (CHUNKS, K + 1, g.F), np.float32)
+    _weight_grad_kernel(g, simd.lanes(), rows, fv)(xp.reshape(-1), dy.reshape(-1), partial.reshape(-1), xp.shape[0])
+    add_in_order(partial, dw.reshape(K, g.F), db)
+
+
+@njit(parallel=True, cache=True)
+def dilate_into(dy, step_h, step_w, top, left, out):
+    """out = zeros, with dy[n, i, j] at out[n, top + i * step_h, left + j * step_w]: the output gradient of a
+    strided convolution spread out to the input's grid, so that its input gradient is a stride-1 convolution."""
+    N, H, W, F = dy.shape
+    for n in prange(N):
+        out[n] = 0.0
+        for i in range(H):
+            for j in range(W):
+                out[n, top + i * step_h, left + j * step_w] = dy[n, i, j]
+
+
+@njit(parallel=True, cache=True)
+def add_in_order(partial, dw, db):
+    """dw = partial[0, :K] + partial[1, :K] + ..., db the same of the last row, in that order for every element."""
+    K, F = dw.shape
+    for k in prange(K + 1):
+        out = dw[k] if k < K else db
+        for f in range(F):
+            out[f] = partial[0, k, f]
+        for t in range(1, partial.shape[0]):
+            for f in range(F):
+                out[f] += partial[t, k, f]
+
+
+def flipped(w: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The filters of the input-gradient convolution: turned half a circle, channel axes swapped."""
+    out[:] = w[::-1, ::-1].transpose(0, 1, 3, 2)
+    return out

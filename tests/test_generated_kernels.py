@@ -1,0 +1,278 @@
+"""The generated, register-blocked CPU kernels against the plain kernels they replace.
+
+The vector intrinsics against NumPy; the blocking's register budget; the generated convolutions against the
+generic ones: the forward pass to the bit where both add in the same order (the generic direct kernel), the
+gradients within float32 rounding of a float64 reference; the weight gradient to the bit on one thread and on
+two; and both vector widths (16 lanes with AVX-512, 8 otherwise), forced through NUMBACNN_SIMD_LANES.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from numbacnn.errors import NumbacnnError
+from numbacnn.kernels import conv, simd
+from numbacnn.layers.conv2d import cpu
+
+LANES = (8, 16)
+
+
+@njit
+def _vector_ops16(a, b, c, out):
+    va, vb, vc = simd.load16(a, 0), simd.load16(b, 0), simd.load16(c, 0)
+    simd.store(out, 0, simd.fma(va, vb, vc))
+    simd.store(out, 16, simd.add(va, vb))
+    simd.store(out, 32, simd.mul(va, vb))
+    simd.store(out, 48, simd.relu(va))
+    simd.store(out, 64, simd.select(simd.greater(va, vb), va, vb))
+    simd.store(out, 80, simd.broadcast16(simd.lane(vc, 3)))
+    simd.store(out, 96, simd.zero16())
+
+
+@njit
+def _vector_ops8(a, b, c, out):
+    va, vb, vc = simd.load8(a, 0), simd.load8(b, 0), simd.load8(c, 0)
+    simd.store(out, 0, simd.fma(va, vb, vc))
+    simd.store(out, 8, simd.add(va, vb))
+    simd.store(out, 16, simd.mul(va, vb))
+    simd.store(out, 24, simd.relu(va))
+    simd.store(out, 32, simd.select(simd.greater(va, vb), va, vb))
+    simd.store(out, 40, simd.broadcast8(simd.lane(vc, 3)))
+    simd.store(out, 48, simd.zero8())
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_intrinsics_match_numpy(lanes):
+    rng = np.random.default_rng(lanes)
+    a, b, c = (rng.standard_normal(lanes).astype(np.float32) for _ in range(3))
+    a[1], a[2], b[4] = np.nan, -0.0, np.nan
+    out = np.full(7 * lanes, 99, np.float32)
+    (_vector_ops16 if lanes == 16 else _vector_ops8)(a, b, c, out)
+    got = out.reshape(7, lanes)
+    exact = (np.float64(a) * b + c).astype(np.float32)  # one rounding, as an FMA
+    np.testing.assert_array_equal(got[0], exact)
+    np.testing.assert_array_equal(got[1], a + b)
+    np.testing.assert_array_equal(got[2], a * b)
+    np.testing.assert_array_equal(got[3], np.where(a > 0, a, np.where(np.isnan(a), a, 0)))
+    assert np.isnan(got[3][1]), "relu keeps NaN"
+    np.testing.assert_array_equal(got[4], np.where(a > b, a, b))
+    np.testing.assert_array_equal(got[5], np.full(lanes, c[3]))
+    np.testing.assert_array_equal(got[6], np.zeros(lanes))
+
+
+def test_the_fma_is_fused_and_the_loop_is_vectorised():
+    """The whole point of the type: the machine code holds vector FMAs."""
+    data = np.ones(16, np.float32)
+    _vector_ops16(data, data, data, np.empty(7 * 16, np.float32))
+    asm = next(iter(_vector_ops16.inspect_asm().values()))
+    assert "vfmadd" in asm
+
+
+def test_lanes_follow_the_environment(monkeypatch):
+    monkeypatch.setenv(simd.LANES_ENV, "8")
+    assert simd.lanes() == 8
+    monkeypatch.setenv(simd.LANES_ENV, "4")
+    with pytest.raises(NumbacnnError, match="8 or 16"):
+        simd.lanes()
+    monkeypatch.delenv(simd.LANES_ENV)
+    assert simd.lanes() in LANES
+
+
+@given(positions=st.integers(1, 40), vectors=st.integers(1, 8), lanes=st.sampled_from(LANES),
+       registers=st.sampled_from((16, 32)))
+def test_blocking_fits_the_registers(positions, vectors, lanes, registers):
+    b = conv.choose_blocking(positions, vectors * lanes, lanes, registers)
+    assert b is not None and b.lanes == lanes
+    assert 1 <= b.P <= positions and vectors % b.FV == 0
+    assert b.P * b.FV + b.FV + 1 <= registers - 1  # accumulators, weights, one broadcast, one spare
+    assert conv.choose_blocking(positions, vectors * lanes + 1, lanes, registers) is None
+
+
+def _case(draw_shape, seed):
+    n, h, w, c, f, k, stride, pad = draw_shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    weights = rng.standard_normal((k, k, c, f)).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32)
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    return x, weights, bias, (stride, stride, pad, pad), (n, oh, ow, f)
+
+
+@st.composite
+def geometries(draw):
+    lanes = draw(st.sampled_from(LANES))
+    k = draw(st.integers(1, 3))
+    stride = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, k - 1))
+    h, w = draw(st.integers(k, 9)), draw(st.integers(k, 9))
+    shape = (draw(st.integers(1, 3)), h, w, draw(st.sampled_from((1, 3, lanes))), lanes * draw(st.integers(1, 2)),
+             k, stride, pad)
+    return lanes, shape
+
+
+def _run(x, weights, bias, geometry, out_shape, *, generic):
+    import os
+
+    previous = os.environ.get(cpu.KERNELS_ENV)
+    os.environ[cpu.KERNELS_ENV] = "generic" if generic else ""
+    try:
+        out = np.empty(out_shape, np.float32)
+        workspace = {}
+        cpu.conv2d_forward(x, weights, bias, *geometry, out, workspace=workspace)
+        dy = np.random.default_rng(7).standard_normal(out_shape).astype(np.float32)
+        dw, db, dx = np.empty_like(weights), np.empty_like(bias), np.empty_like(x)
+        cpu.conv2d_backward(x, dy, weights, *geometry, dw, db, dx, workspace=workspace)
+        return out, dw, db, dx, dy
+    finally:
+        os.environ[cpu.KERNELS_ENV] = previous or ""
+
+
+def _reference(x, weights, dy, geometry):
+    """The three results in float64, straight from the definition."""
+    stride, _, pad, _ = geometry
+    k = weights.shape[0]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    oh, ow = dy.shape[1], dy.shape[2]
+    patches = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride][:, :oh, :ow]
+    out = np.einsum("nhwcij,ijcf->nhwf", patches, weights.astype(np.float64))
+    dw = np.einsum("nhwcij,nhwf->ijcf", patches, dy.astype(np.float64))
+    dpatches = np.einsum("nhwf,ijcf->nhwcij", dy.astype(np.float64), weights.astype(np.float64))
+    dxp = np.zeros_like(xp)
+    for i in range(k):
+        for j in range(k):
+            dxp[:, i:i + oh * stride:stride, j:j + ow * stride:stride] += dpatches[..., i, j]
+    return out, dw, dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]]
+
+
+def _close(got, want, scale_of):
+    scale = max(1.0, float(np.abs(scale_of).max()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * scale)
+
+
+@settings(max_examples=6, deadline=None)  # each geometry compiles its own kernels
+@given(case=geometries(), seed=st.integers(0, 2**16))
+def test_generated_convolution_matches_the_generic_kernels(case, seed):
+    lanes, shape = case
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        _check_against_generic(shape, seed)
+
+
+def _check_against_generic(shape, seed):
+    x, weights, bias, geometry, out_shape = _case(shape, seed)
+    assert cpu.generated_geometry(x, weights, *geometry, out_shape) is not None
+    out, dw, db, dx, dy = _run(x, weights, bias, geometry, out_shape, generic=False)
+    ref_out, ref_dw, ref_db, ref_dx, _ = _run(x, weights, bias, geometry, out_shape, generic=True)
+    want_out, want_dw, want_dx = _reference(x, weights, dy, geometry)
+    _close(out, want_out + bias, want_out)
+    _close(dw, want_dw, want_dw)
+    _close(dx, want_dx, want_dx)
+    _close(db, ref_db, ref_db)  # the generic kernels add the bias gradient in chunks, NumPy pairwise
+    _close(out, ref_out, ref_out)
+    _close(dw, ref_dw, ref_dw)
+    _close(dx, ref_dx, ref_dx)
+
+
+@pytest.mark.parametrize("lanes", LANES)
+def test_forward_is_bit_for_bit_the_direct_kernel(monkeypatch, lanes):
+    """Both start each sum from the bias and add the taps in (kh, kw, c) order, one FMA each."""
+    monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+    x, weights, bias, geometry, out_shape = _case((3, 12, 11, 2, 2 * lanes, 3, 1, 0), 5)
+    out, want = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
+    cpu.conv2d_forward(x, weights, bias, *geometry, out)
+    cpu.conv2d_forward_direct(x, weights, bias, *geometry, want)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_weight_gradient_bits_do_not_depend_on_threads():
+    x, weights, bias, geometry, out_shape = _case((5, 9, 9, 3, 32, 3, 1, 1), 11)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            results.append(_run(x, weights, bias, geometry, out_shape, generic=False))
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_geometries_without_whole_vectors_stay_generic():
+    x, weights, bias, geometry, out_shape = _case((2, 8, 8, 1, 6, 3, 1, 0), 1)
+    assert cpu.generated_geometry(x, weights, *geometry, out_shape) is None
+    assert cpu.generated_geometry(x.astype(np.float64), weights.astype(np.float64), *geometry,
+                                  out_shape) is None
+
+
+def test_nan_in_the_input_stays_nan():
+    x, weights, bias, geometry, out_shape = _case((1, 6, 6, 1, 16, 3, 1, 0), 2)
+    x[0, 2, 2, 0] = np.nan
+    out = np.empty(out_shape, np.float32)
+    cpu.conv2d_forward(x, weights, bias, *geometry, out)
+    assert np.isnan(out[0, 0:3, 0:3]).all() and not np.isnan(out[0, 3:, 3:]).any()
+
+
+def test_generated_source_is_written_once_and_reused(tmp_path, monkeypatch):
+    from numbacnn.kernels import generate
+
+    monkeypatch.setattr(generate, "generated_dir", lambda: tmp_path)
+    said = []
+    monkeypatch.setattr(generate, "on_new_kernel", said.append)
+    g = conv.Geometry(5, 5, 1, 3, 3, 16, 1, 1, 3, 3)
+    source = conv.forward_source(g, conv.choose_blocking(3, 16, 16, 32))
+    first = generate.load_module("test_forward", source, "a test kernel")
+    again = generate.load_module("test_forward", source, "a test kernel")
+    assert first is again
+    assert said == ["a test kernel"]  # announced once, when its source is written (and so compiled) first
+    written = list(tmp_path.glob("*.py"))
+    assert len(written) == 1 and written[0].read_text() == source
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
+       lanes=st.sampled_from(LANES))
+def test_fused_convolution_and_max_pooling_equal_the_two_layers(seed, size, channels, lanes):
+    """The fused step gives the pooled output, the winners and every gradient of conv2d then maxpool2d run
+    one after the other, to the bit (NaN included)."""
+    from numbacnn.layers.conv2d import ConvThenMaxPool
+    from numbacnn.model import Sequential
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        spec = f"conv2d({lanes},3) maxpool2d(2) flatten dense(3)"
+        fused = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
+        plain = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
+        plain.execution_order = list(plain.layers)  # as written: no fusion
+        assert isinstance(fused.execution_order[0], ConvThenMaxPool)
+        x = np.random.default_rng(seed).standard_normal((3, size, size, channels)).astype(np.float32)
+        x[0, 1, 1, 0] = np.nan
+        out_fused, out_plain = fused.forward(x, training=True), plain.forward(x, training=True)
+        np.testing.assert_array_equal(out_fused, out_plain)
+        np.testing.assert_array_equal(fused.layers[1]._argmax, plain.layers[1]._argmax)
+        dy = np.random.default_rng(1).standard_normal(out_plain.shape).astype(np.float32)
+        fused.backward(dy)
+        plain.backward(dy)
+        for a, b in zip(fused.layers, plain.layers):
+            for key in a.grads:
+                np.testing.assert_array_equal(a.grads[key], b.grads[key])
+
+
+def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
+    from numbacnn.layers.conv2d import ConvThenMaxPool
+    from numbacnn.model import Sequential
+
+    spec = "conv2d(32,3) relu maxpool2d(2) conv2d(6,3) maxpool2d(2) flatten dense(10)"
+    order = Sequential(spec).build(seed=0).execution_order
+    assert isinstance(order[0], ConvThenMaxPool) and order[0].parts[1].name == "maxpool2d"
+    assert order[1].name == "relu"  # ReLU runs after the pooling, on a quarter of the values
+    assert not isinstance(order[2], ConvThenMaxPool)  # 6 filters: not a whole vector
+    monkeypatch.setenv(cpu.KERNELS_ENV, "generic")
+    assert not any(isinstance(step, ConvThenMaxPool) for step in Sequential(spec).build(seed=0).execution_order)
+    assert not any(isinstance(step, ConvThenMaxPool)
+                   for step in Sequential(spec).build(seed=0, dtype=np.float64).execution_order)
