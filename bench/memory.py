@@ -15,23 +15,27 @@ import sys
 
 NUMBACNN = """
 import numpy as np
-from numbacnn.cli import _load_split, Dataset
+from numbacnn.data import load_dataset
+from numbacnn.train import prepare_images
 from numbacnn.model import Sequential
 from numbacnn.optim import Adam
 from numbacnn.presets import preset_spec
 from numbacnn.train import fit
-x, y = _load_split(Dataset.mnist, "train", None)
+x, y = load_dataset("mnist", "train")
+x, y = prepare_images(x), y.astype("int64")
 n = {batches} * 128
 fit(Sequential(preset_spec("keras-convnet")).build(seed=0), Adam(), x[:n], y[:n], epochs=1, batch_size=128)
 """
 
 TORCH = """
 import numpy as np, torch
-from numbacnn.cli import _load_split, Dataset
+from numbacnn.data import load_dataset
+from numbacnn.train import prepare_images
 from numbacnn.bench import torch_twin
 from numbacnn.model import Sequential
 from numbacnn.presets import preset_spec
-x, y = _load_split(Dataset.mnist, "train", None)
+x, y = load_dataset("mnist", "train")
+x, y = prepare_images(x), y.astype("int64")
 xt, yt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
 net = torch_twin(Sequential(preset_spec("keras-convnet")).build(seed=0), torch)
 opt, loss_fn = torch.optim.Adam(net.parameters()), torch.nn.CrossEntropyLoss()

@@ -19,12 +19,14 @@ import time
 # What `numbacnn train` does up to its first batch: import, load MNIST, build keras-convnet, one step.
 CHILD = """
 import sys, time
-from numbacnn.cli import _load_split, Dataset
+from numbacnn.data import load_dataset
+from numbacnn.train import prepare_images
 from numbacnn.model import Sequential
 from numbacnn.optim import Adam
 from numbacnn.presets import preset_spec
 from numbacnn.train import fit
-x, y = _load_split(Dataset.mnist, "train", None)
+x, y = load_dataset("mnist", "train")
+x, y = prepare_images(x), y.astype("int64")
 model = Sequential(preset_spec("keras-convnet")).build(seed=0)
 def first_batch(stats):
     print(time.time() - float(sys.argv[1]), flush=True)

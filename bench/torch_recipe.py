@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from numbacnn.bench import torch_twin
-from numbacnn.cli import Dataset, _load_split
+from numbacnn.data import load_dataset
 from numbacnn.model import Sequential
 from numbacnn.presets import preset_recipe, preset_spec
-from numbacnn.train import learning_rate_schedule
+from numbacnn.train import learning_rate_schedule, prepare_images
 
 
 def main():
@@ -34,8 +34,10 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    x, y = _load_split(Dataset.mnist, "train", None)
-    x_test, y_test = _load_split(Dataset.mnist, "test", None)
+    x, y = load_dataset("mnist", "train")
+    x, y = prepare_images(x), y.astype("int64")
+    x_test, y_test = load_dataset("mnist", "test")
+    x_test, y_test = prepare_images(x_test), y_test.astype("int64")
     nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
     xt, yt, xv, yv = nchw(x), torch.from_numpy(y), nchw(x_test), torch.from_numpy(y_test)
     recipe = preset_recipe(args.model)

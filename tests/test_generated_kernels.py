@@ -110,8 +110,8 @@ def geometries(draw):
     stride = draw(st.integers(1, 2))
     pad = draw(st.integers(0, k - 1))
     h, w = draw(st.integers(k, 9)), draw(st.integers(k, 9))
-    shape = (draw(st.integers(1, 3)), h, w, draw(st.sampled_from((1, 3, lanes))), lanes * draw(st.integers(1, 2)),
-             k, stride, pad)
+    shape = (draw(st.integers(1, 3)), h, w, draw(st.sampled_from((1, 3, lanes))),
+             draw(st.sampled_from((6, lanes, 2 * lanes))), k, stride, pad)
     return lanes, shape
 
 
@@ -203,9 +203,24 @@ def test_weight_gradient_bits_do_not_depend_on_threads():
         np.testing.assert_array_equal(one, two)
 
 
-def test_geometries_without_whole_vectors_stay_generic():
+def test_eight_filters_take_eight_lanes_on_a_wider_processor(monkeypatch):
+    monkeypatch.setenv(simd.LANES_ENV, "16")
+    assert conv.lanes_for(8) == 8 and conv.lanes_for(24) == 8 and conv.lanes_for(32) == 16
+    x, weights, bias, geometry, out_shape = _case((2, 7, 7, 3, 8, 3, 1, 1), 3)
+    _check_against_generic((2, 7, 7, 3, 8, 3, 1, 1), 3)
+    assert cpu.generated_geometry(x, weights, *geometry, out_shape) is not None
+
+
+def test_filters_that_do_not_fill_whole_vectors_run_with_zero_filters_added():
+    """lenet5's 6 filters run as 8 (the added ones zero, their outputs dropped); float64 stays generic."""
     x, weights, bias, geometry, out_shape = _case((2, 8, 8, 1, 6, 3, 1, 0), 1)
-    assert cpu.generated_geometry(x, weights, *geometry, out_shape) is None
+    assert cpu.generated_geometry(x, weights, *geometry, out_shape).F == 8
+    _check_against_generic((2, 8, 8, 1, 6, 3, 1, 0), 1)
+    _check_against_generic((2, 9, 9, 6, 16, 3, 2, 1), 2)  # 6 channels: the input gradient's outputs widened
+    out, want = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
+    cpu.conv2d_forward(x, weights, bias, *geometry, out)
+    cpu.conv2d_forward_direct(x, weights, bias, *geometry, want)
+    np.testing.assert_array_equal(out, want)
     assert cpu.generated_geometry(x.astype(np.float64), weights.astype(np.float64), *geometry,
                                   out_shape) is None
 
@@ -276,3 +291,14 @@ def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
     assert not any(isinstance(step, ConvThenMaxPool) for step in Sequential(spec).build(seed=0).execution_order)
     assert not any(isinstance(step, ConvThenMaxPool)
                    for step in Sequential(spec).build(seed=0, dtype=np.float64).execution_order)
+
+
+def test_both_vector_widths_give_the_same_bits(monkeypatch):
+    """The blocking differs, the order of every sum does not."""
+    x, weights, bias, geometry, out_shape = _case((3, 9, 8, 16, 32, 3, 1, 1), 4)
+    results = []
+    for lanes in LANES:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        results.append(_run(x, weights, bias, geometry, out_shape, generic=False))
+    for eight, sixteen in zip(*results):
+        np.testing.assert_array_equal(eight, sixteen)

@@ -144,7 +144,7 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False) -> str:
 def pooled_blocking(g: Geometry) -> Blocking | None:
     """The fused conv + 2x2 max pooling kernel's blocking: P pooled columns (2 x 2P convolution outputs) x FV
     filter vectors, or None when ``g`` has no generated kernel."""
-    return _pooled_blocking(g, simd.lanes(), _registers())
+    return _pooled_blocking(g, lanes_for(g.F), _registers())
 
 
 @lru_cache(maxsize=None)
@@ -341,18 +341,30 @@ def _words(g: Geometry) -> str:
     return f"{g.KH}x{g.KW} filters, {g.C} -> {g.F} channels on {g.HP}x{g.WP}"
 
 
+def lanes_for(channels: int) -> int:
+    """The vector width for ``channels`` output channels: the processor's widest (``simd.lanes()``), or 8 where
+    that fills whole vectors and the widest does not (8 filters on an AVX-512 processor)."""
+    widest = simd.lanes()
+    return widest if channels % widest == 0 or channels % 8 else 8
+
+
+def takes(channels: int) -> bool:
+    """Whether the generated kernels take ``channels`` output channels: a whole number of vectors."""
+    return channels % lanes_for(channels) == 0
+
+
 def _registers() -> int:
     return simd.registers()
 
 
 def forward_blocking(g: Geometry) -> Blocking | None:
     """The forward kernel's blocking for ``g`` here, or None when ``g`` has no generated forward kernel."""
-    return choose_blocking(g.OW, g.F, simd.lanes(), _registers())
+    return choose_blocking(g.OW, g.F, lanes_for(g.F), _registers())
 
 
 def weight_grad_blocking(g: Geometry) -> tuple[int, int] | None:
     """(rows, filter vectors) of the weight-gradient kernel for ``g``, or None."""
-    lanes = simd.lanes()
+    lanes = lanes_for(g.F)
     if g.F % lanes:
         return None
     b = choose_blocking(g.KH * g.KW * g.C, g.F, lanes, _registers())
@@ -402,7 +414,7 @@ def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db:
     rows, fv = weight_grad_blocking(g)
     K = g.KH * g.KW * g.C
     partial = scratch("conv_weight_grad_partial", (CHUNKS, K + 1, g.F), np.float32)
-    _weight_grad_kernel(g, simd.lanes(), rows, fv)(xp.reshape(-1), dy.reshape(-1), partial.reshape(-1), xp.shape[0])
+    _weight_grad_kernel(g, lanes_for(g.F), rows, fv)(xp.reshape(-1), dy.reshape(-1), partial.reshape(-1), xp.shape[0])
     add_in_order(partial, dw.reshape(K, g.F), db)
 
 

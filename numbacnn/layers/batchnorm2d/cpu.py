@@ -25,7 +25,7 @@ CHUNK_ELEMENTS = 16384
 
 # Kernels that take float64 scalars with float32 arrays on purpose (the per-channel formulas work in float64,
 # one number per channel): the conformance kit's dtypes check reports any other kernel that does.
-FLOAT64_KERNELS = ("finish_running_statistics",)
+FLOAT64_KERNELS = ("finish_running_statistics", "_channel_running_statistics")
 
 
 def chunk_rows(channels: int) -> int:

@@ -17,7 +17,6 @@ from numba import njit, prange
 
 from ...kernels import conv as generated
 from ..maxpool2d.cpu import maxpool2d_forward
-from ...kernels import simd
 
 from ...cpu_kernels import FMA, matmul, matmul_t, scratch, transpose_last
 
@@ -78,19 +77,37 @@ def conv2d_backward(x, dy, w, stride_h, stride_w, pad_top, pad_left, dw, db, dx=
 
 def generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, out_shape):
     """The geometry of the generated kernels for this convolution, or None where the generic kernels run it:
-    float32 only (the gradient checks run float64 through the generic kernels), a whole number of filter
-    vectors, and not when ``NUMBACNN_KERNELS=generic`` asks for the generic kernels everywhere."""
+    float32 only (the gradient checks run float64 through the generic kernels), and not when
+    ``NUMBACNN_KERNELS=generic`` asks for the generic kernels everywhere. Its filter count is a whole number of
+    vectors: a layer with fewer or other filters (lenet5's 6) runs with zero filters added (``padded_channels``)."""
     if not generated_kernels_enabled() or x.dtype != np.float32 or w.dtype != np.float32:
         return None
     KH, KW, C, F = w.shape
-    if F % simd.lanes():
-        return None
+    F = padded_channels(F)
     OH, OW = out_shape[1], out_shape[2]
     # The padded input: every position a window reads, and nothing past the last one.
     HP, WP = (OH - 1) * stride_h + KH, (OW - 1) * stride_w + KW
     if HP < pad_top + 1 or WP < pad_left + 1:
         return None
     return generated.Geometry(HP, WP, C, KH, KW, F, stride_h, stride_w, OH, OW)
+
+
+def padded_channels(channels: int) -> int:
+    """``channels`` rounded up to whole vectors of the generated kernels."""
+    if generated.takes(channels):
+        return channels
+    return -(-channels // 8) * 8
+
+
+def _with_channels(a, channels: int, name: str):
+    """``a`` (channels last) with zero channels added up to ``channels``, in scratch memory; ``a`` itself when
+    it has that many."""
+    if a.shape[-1] == channels:
+        return a
+    out = scratch(name, (*a.shape[:-1], channels), a.dtype)
+    out[..., :a.shape[-1]] = a
+    out[..., a.shape[-1]:] = 0
+    return out
 
 
 def generated_kernels_enabled() -> bool:
@@ -103,7 +120,7 @@ def fuses_max_pool(conv, pool) -> bool:
     if pool.window != (2, 2) or pool.strides != (2, 2) or conv.dtype != np.float32:
         return False
     oh, ow, filters = conv.out_shape
-    return generated_kernels_enabled() and filters % simd.lanes() == 0 and oh >= 2 and ow >= 2
+    return generated_kernels_enabled() and generated.takes(filters) and oh >= 2 and ow >= 2
 
 
 def conv2d_forward_max_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, argmax,
@@ -143,18 +160,43 @@ def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
 
 def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace):
     xp = _padded_input(x, g, pad_top, pad_left, workspace)
-    generated.forward(xp, w, b, g, out)
+    F = w.shape[3]
+    if g.F == F:
+        return generated.forward(xp, w, b, g, out)
+    # Filters added to fill whole vectors: zero weights, their outputs computed and dropped.
+    wide = scratch("conv_out_wide", (*out.shape[:3], g.F), out.dtype)
+    generated.forward(xp, _with_channels(w, g.F, "conv_w_wide"), _with_channels(b, g.F, "conv_b_wide"), g, wide)
+    out[:] = wide[..., :F]
 
 
 def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
     xp = _padded_input(x, g, pad_top, pad_left, workspace, backward=True)
-    generated.weight_grad(xp, dy, g, dw, db)
+    F = w.shape[3]
+    if g.F == F:
+        generated.weight_grad(xp, dy, g, dw, db)
+    else:  # the added filters' output gradients are zero
+        dy = _with_channels(dy, g.F, "conv_dy_wide")
+        w = _with_channels(w, g.F, "conv_w_wide")
+        dw_wide, db_wide = scratch("conv_dw_wide", (*dw.shape[:3], g.F), dw.dtype), scratch("conv_db_wide", (g.F,), db.dtype)
+        generated.weight_grad(xp, dy, g, dw_wide, db_wide)
+        dw[:], db[:] = dw_wide[..., :F], db_wide[:F]
     if dx is None:
         return
     gx = _input_grad_geometry(g, dx.shape, pad_top, pad_left)
     if gx is None:
         conv2d_backward_input_direct(dy, transpose_last(w), g.SH, g.SW, pad_top, pad_left, dx)
         return
+    if gx.F != dx.shape[3]:  # channels added to fill whole vectors: zero filters, their gradients dropped
+        dx_wide = scratch("conv_dx_wide", (*dx.shape[:3], gx.F), dx.dtype)
+        _input_grad(dy, w, g, gx, pad_top, pad_left, dx_wide)
+        dx[:] = dx_wide[..., :dx.shape[3]]
+    else:
+        _input_grad(dy, w, g, gx, pad_top, pad_left, dx)
+
+
+def _input_grad(dy, w, g, gx, pad_top, pad_left, dx):
+    """dx from dy (with ``g.F`` channels) and the filters ``w`` (``g.F`` of them), ``dx`` having ``gx.F``
+    channels (the filters' channels, with zero ones added where ``gx.F`` is more)."""
     # dx is the stride-1 convolution of dy bordered by (KH - 1 - pad) zeros with the filters turned around; a
     # strided convolution's dy is first spread out to every stride-th row and column (zeros between).
     dyp = scratch("conv_dy_padded", (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)
@@ -163,21 +205,23 @@ def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
         generated.pad_into(dy, top, left, dyp)
     else:
         generated.dilate_into(dy, g.SH, g.SW, top, left, dyp)
-    w_turned = generated.flipped(w, scratch("conv_w_turned", (g.KH, g.KW, g.F, g.C), w.dtype))
-    no_bias = scratch("conv_no_bias", (g.C,), dx.dtype)
+    w_turned = scratch("conv_w_turned", (g.KH, g.KW, g.F, gx.F), w.dtype)
+    w_turned[..., g.C:] = 0
+    generated.flipped(w, w_turned[..., :g.C])
+    no_bias = scratch("conv_no_bias", (gx.F,), dx.dtype)
     no_bias[:] = 0
     generated.forward(dyp, w_turned, no_bias, gx, dx)
 
 
 def _input_grad_geometry(g, dx_shape, pad_top, pad_left):
-    """The generated forward kernel's geometry for the input gradient, or None where it does not apply (a
-    channel count that is not a whole number of vectors, a border wider than a filter)."""
+    """The generated forward kernel's geometry for the input gradient (its output channels rounded up to whole
+    vectors), or None where it does not apply (a border wider than a filter)."""
     N, H, W, C = dx_shape
-    if C % simd.lanes() or pad_top > g.KH - 1 or pad_left > g.KW - 1:
+    if pad_top > g.KH - 1 or pad_left > g.KW - 1:
         return None
     if (g.OH - 1) * g.SH + g.KH - pad_top > H + g.KH - 1 or (g.OW - 1) * g.SW + g.KW - pad_left > W + g.KW - 1:
         return None  # the spread-out gradient would not fit the input's grid
-    return generated.Geometry(H + g.KH - 1, W + g.KW - 1, g.F, g.KH, g.KW, C, 1, 1, H, W)
+    return generated.Geometry(H + g.KH - 1, W + g.KW - 1, g.F, g.KH, g.KW, padded_channels(C), 1, 1, H, W)
 
 
 def _backward_sparse(x, dy, w, geometry, dw, db, dx):
