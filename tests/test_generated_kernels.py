@@ -22,6 +22,12 @@ from numbacnn.layers.conv2d import cpu
 LANES = (8, 16)
 
 
+@pytest.fixture(autouse=True)
+def generated_at_any_size(monkeypatch):
+    """The shapes here are small, below the work a model needs before it takes the generated kernels."""
+    monkeypatch.setenv(cpu.KERNELS_ENV, "generated")
+
+
 @njit
 def _vector_ops16(a, b, c, out):
     va, vb, vc = simd.load16(a, 0), simd.load16(b, 0), simd.load16(c, 0)
@@ -119,7 +125,7 @@ def _run(x, weights, bias, geometry, out_shape, *, generic):
     import os
 
     previous = os.environ.get(cpu.KERNELS_ENV)
-    os.environ[cpu.KERNELS_ENV] = "generic" if generic else ""
+    os.environ[cpu.KERNELS_ENV] = "generic" if generic else "generated"
     try:
         out = np.empty(out_shape, np.float32)
         workspace = {}
@@ -129,7 +135,7 @@ def _run(x, weights, bias, geometry, out_shape, *, generic):
         cpu.conv2d_backward(x, dy, weights, *geometry, dw, db, dx, workspace=workspace)
         return out, dw, db, dx, dy
     finally:
-        os.environ[cpu.KERNELS_ENV] = previous or ""
+        os.environ[cpu.KERNELS_ENV] = previous or "generated"
 
 
 def _reference(x, weights, dy, geometry):
@@ -208,6 +214,14 @@ def test_eight_filters_take_eight_lanes_on_a_wider_processor(monkeypatch):
     assert conv.lanes_for(8) == 8 and conv.lanes_for(24) == 8 and conv.lanes_for(32) == 16
     x, weights, bias, geometry, out_shape = _case((2, 7, 7, 3, 8, 3, 1, 1), 3)
     _check_against_generic((2, 7, 7, 3, 8, 3, 1, 1), 3)
+    assert cpu.generated_geometry(x, weights, *geometry, out_shape) is not None
+
+
+def test_small_convolutions_keep_the_generic_kernels(monkeypatch):
+    monkeypatch.setenv(cpu.KERNELS_ENV, "")
+    x, weights, bias, geometry, out_shape = _case((2, 8, 8, 1, 16, 3, 1, 0), 1)  # 6 x 6 x 16 x 9 multiply-adds
+    assert cpu.generated_geometry(x, weights, *geometry, out_shape) is None
+    x, weights, bias, geometry, out_shape = _case((2, 28, 28, 1, 32, 3, 1, 0), 1)  # keras-convnet's first layer
     assert cpu.generated_geometry(x, weights, *geometry, out_shape) is not None
 
 

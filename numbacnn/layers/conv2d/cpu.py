@@ -21,8 +21,13 @@ from ..maxpool2d.cpu import maxpool2d_forward
 from ...cpu_kernels import FMA, matmul, matmul_t, scratch, transpose_last
 
 # NUMBACNN_KERNELS=generic runs every convolution through the generic kernels below (the reference the
-# generated ones are tested against, and the way to compare the two).
+# generated ones are tested against, and the way to compare the two); =generated takes the generated kernels
+# for convolutions of any size (tests do, on small shapes).
 KERNELS_ENV = "NUMBACNN_KERNELS"
+# Below this many multiply-adds per image (output positions x filters x weights per filter) a convolution keeps
+# the generic kernels: a generated kernel costs seconds to compile once per shape, which so little work never
+# earns back (tiny, the smallest named network's convolution, does 48,672).
+GENERATED_MIN_WORK = 2**15
 # Filters with at least this many weights (KH * KW * C) go through im2col + BLAS.
 GEMM_MIN_WEIGHTS = 32
 # A first layer with fewer filters than this runs the one-channel forward kernel. Measured with
@@ -83,8 +88,10 @@ def generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, out_shape):
     if not generated_kernels_enabled() or x.dtype != np.float32 or w.dtype != np.float32:
         return None
     KH, KW, C, F = w.shape
-    F = padded_channels(F)
     OH, OW = out_shape[1], out_shape[2]
+    if not worth_generating(OH * OW * F * KH * KW * C):
+        return None
+    F = padded_channels(F)
     # The padded input: every position a window reads, and nothing past the last one.
     HP, WP = (OH - 1) * stride_h + KH, (OW - 1) * stride_w + KW
     if HP < pad_top + 1 or WP < pad_left + 1:
@@ -114,13 +121,21 @@ def generated_kernels_enabled() -> bool:
     return os.environ.get(KERNELS_ENV, "").strip().lower() != "generic"
 
 
+def worth_generating(work_per_image: int) -> bool:
+    """Whether a convolution of ``work_per_image`` multiply-adds per image takes the generated kernels."""
+    forced = os.environ.get(KERNELS_ENV, "").strip().lower() == "generated"
+    return forced or work_per_image >= GENERATED_MIN_WORK
+
+
 def fuses_max_pool(conv, pool) -> bool:
     """Whether ``conv`` and the max pooling ``pool`` after it run as one generated kernel: 2x2 windows with
     stride 2 after a float32 convolution that the generated kernels run."""
     if pool.window != (2, 2) or pool.strides != (2, 2) or conv.dtype != np.float32:
         return False
     oh, ow, filters = conv.out_shape
-    return generated_kernels_enabled() and generated.takes(filters) and oh >= 2 and ow >= 2
+    kh, kw = conv._kernel
+    return (generated_kernels_enabled() and generated.takes(filters) and oh >= 2 and ow >= 2
+            and worth_generating(oh * ow * filters * kh * kw * conv.in_shape[2]))
 
 
 def conv2d_forward_max_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, argmax,
