@@ -4,7 +4,7 @@
 
 First measures the peak: a loop of 24 independent 16-lane FMAs per thread (numbacnn.kernels.simd), the most
 an AVX-512 processor does (on an AVX2 one the 16 lanes take two registers each and the figure is a lower bound). Then, for each convolution of the network at
-batch 128 (its real input shapes), times the generated forward kernel (fused with the max pooling after it where
+batch 128 (its real input shapes), times the generated forward kernel (fused with the max pooling or ReLU after it where
 the model fuses them), the weight-gradient kernel (with the bias gradient) and the whole backward pass (weight,
 bias and input gradients), each the median of 9 runs, in dense-equivalent GFLOP/s and as a share of the peak. Prints Markdown.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from numbacnn.kernels import conv, simd
-from numbacnn.layers.conv2d import Conv2D, ConvThenMaxPool
+from numbacnn.layers.conv2d import Conv2D
 from numbacnn.layers.conv2d import cpu as conv_cpu
 from numbacnn.model import Sequential
 from numbacnn.presets import PRESETS
@@ -83,7 +83,7 @@ def rows_for(model: Sequential, batch: int, rng):
         x = step.forward(x, training=True)
     rows = []
     for step in model.execution_order:
-        layer = step.conv if isinstance(step, ConvThenMaxPool) else step
+        layer = getattr(step, "conv", step)  # a fused step's convolution
         if not isinstance(layer, Conv2D):
             continue
         x = inputs[id(layer)]
@@ -91,7 +91,7 @@ def rows_for(model: Sequential, batch: int, rng):
         oh, ow, _ = layer.out_shape
         flops = 2 * batch * oh * ow * kh * kw * c * f / 1e9
         what = f"conv2d({f}, {kh}x{kw}) on {tuple(layer.in_shape)}"
-        rows.append((f"{what} forward{' + max pooling' if step is not layer else ''}",
+        rows.append((f"{what} forward{' + ' + step.following.name if step is not layer else ''}",
                      median_ms(lambda: step.forward(x, training=True)), flops))
         dy = rng.standard_normal((batch, oh, ow, f)).astype(np.float32)
         dw, db = np.empty_like(layer.params["weight"]), np.empty(f, np.float32)
@@ -100,9 +100,8 @@ def rows_for(model: Sequential, batch: int, rng):
         if g is None:
             continue
         xp = conv_cpu._padded_input(x, g, top, left, None)
-        if g.F == f:
-            rows.append((f"{what} weight and bias gradient", median_ms(lambda: conv.weight_grad(xp, dy, g, dw, db)),
-                         flops))
+        rows.append((f"{what} weight and bias gradient", median_ms(lambda: conv.weight_grad(xp, dy, g, dw, db)),
+                     flops))
         dx = np.empty_like(x) if layer.needs_input_grad else None
         rows.append((f"{what} whole backward pass", median_ms(
             lambda: conv_cpu._backward_generated(x, dy, layer.params["weight"], g, top, left, dw, db, dx, None)),

@@ -115,7 +115,8 @@ def prepare_images(images: np.ndarray, dtype=np.float32) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim == 3:
         x = x[..., None]
-    return (x.astype(dtype) / dtype(255)).astype(dtype)
+    # One pass (the cast happens inside the division): three copies of 60,000 images took a second.
+    return np.divide(x, dtype(255), out=np.empty(x.shape, dtype), dtype=dtype)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

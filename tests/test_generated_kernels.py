@@ -292,6 +292,32 @@ def test_fused_convolution_and_max_pooling_equal_the_two_layers(seed, size, chan
                 np.testing.assert_array_equal(a.grads[key], b.grads[key])
 
 
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
+       filters=st.sampled_from((6, 8, 16)), padding=st.sampled_from((0, 1, 2)))
+def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, filters, padding):
+    """conv2d then relu as one kernel: the output and every gradient of the two layers run one after the other,
+    to the bit (NaN included), also for filter counts that are not whole vectors (only the real ones stored)."""
+    from numbacnn.layers.conv2d import ConvThenReLU
+    from numbacnn.model import Sequential
+
+    spec = f"conv2d({filters},3,padding={padding}) relu conv2d(8,3,padding=1) flatten dense(3)"
+    fused = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
+    plain = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
+    plain.execution_order = list(plain.layers)  # as written: no fusion
+    assert isinstance(fused.execution_order[0], ConvThenReLU)
+    x = np.random.default_rng(seed).standard_normal((3, size, size, channels)).astype(np.float32)
+    x[0, 1, 1, 0] = np.nan
+    out_fused, out_plain = fused.forward(x, training=True), plain.forward(x, training=True)
+    np.testing.assert_array_equal(out_fused, out_plain)
+    dy = np.random.default_rng(1).standard_normal(out_plain.shape).astype(np.float32)
+    fused.backward(dy)
+    plain.backward(dy)
+    for a, b in zip(fused.layers, plain.layers):
+        for key in a.grads:
+            np.testing.assert_array_equal(a.grads[key], b.grads[key])
+
+
 def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
     from numbacnn.layers.conv2d import ConvThenMaxPool
     from numbacnn.model import Sequential
@@ -301,6 +327,10 @@ def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
     assert isinstance(order[0], ConvThenMaxPool) and order[0].parts[1].name == "maxpool2d"
     assert order[1].name == "relu"  # ReLU runs after the pooling, on a quarter of the values
     assert not isinstance(order[2], ConvThenMaxPool)  # 6 filters: not a whole vector
+    from numbacnn.layers.conv2d import ConvThenReLU
+
+    lenet = Sequential("conv2d(6,5,padding=2) relu avgpool2d(2) flatten dense(10)").build(seed=0).execution_order
+    assert isinstance(lenet[0], ConvThenReLU) and lenet[1].name == "avgpool2d"
     monkeypatch.setenv(cpu.KERNELS_ENV, "generic")
     assert not any(isinstance(step, ConvThenMaxPool) for step in Sequential(spec).build(seed=0).execution_order)
     assert not any(isinstance(step, ConvThenMaxPool)

@@ -84,14 +84,20 @@ def choose_blocking(positions: int, filters: int, lanes: int, registers: int) ->
     return best
 
 
-def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool) -> None:
-    """Source for one block of ``count`` positions starting at ``ow0`` (a variable), filters from ``f0``."""
+def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool, rows: tuple[int, int],
+                   FO: int) -> None:
+    """Source for one block of ``count`` positions starting at ``ow0`` (a variable), filters from ``f0``; only
+    the taps on the input rows ``rows`` (first, end) are added (the others are zero borders); the output has
+    ``FO`` channels (the first ``FO`` filters are stored)."""
     L, FV = b.lanes, b.FV
     for v in range(FV):
         src(f"bias_{v} = load(bias, f0 + {v * L})")
     for p in range(count):
         src(*(f"acc_{p}_{v} = bias_{v}" for v in range(FV)))
-    src(f"for kh in range({g.KH}):")
+    if rows == (0, g.HP):
+        src(f"for kh in range({g.KH}):")
+    else:
+        src(f"for kh in range(max(0, {rows[0]} - oh * {g.SH}), min({g.KH}, {rows[1]} - oh * {g.SH})):")
     with src.indent():
         src(f"xrow = ((n * {g.HP} + oh * {g.SH} + kh) * {g.WP} + ow0 * {g.SW}) * {g.C}")
         src(f"for kw in range({g.KW}):")
@@ -104,11 +110,19 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
                 for p in range(count):
                     src(f"x_{p} = splat(x, xi + {p * g.SW * g.C})")
                     src(*(f"acc_{p}_{v} = fma(x_{p}, w_{v}, acc_{p}_{v})" for v in range(FV)))
-    src(f"oi = ((n * {g.OH} + oh) * {g.OW} + ow0) * {g.F} + f0")
+    src(f"oi = ((n * {g.OH} + oh) * {g.OW} + ow0) * {FO} + f0")
     for p in range(count):
         for v in range(FV):
             value = f"relu(acc_{p}_{v})" if relu else f"acc_{p}_{v}"
-            src(f"store(out, oi + {p * g.F + v * L}, {value})")
+            if FO == g.F:
+                src(f"store(out, oi + {p * FO + v * L}, {value})")
+            else:  # the last filters are the zero ones added to fill whole vectors: not stored
+                src(f"if {FO} - f0 - {v * L} >= {L}:")
+                with src.indent():
+                    src(f"store(out, oi + {p * FO + v * L}, {value})")
+                src(f"elif {FO} - f0 - {v * L} > 0:")
+                with src.indent():
+                    src(f"store_first(out, oi + {p * FO + v * L}, {value}, {FO} - f0 - {v * L})")
 
 
 def _module(generator: str, intrinsics: str, comments: list, signature: str) -> Source:
@@ -122,12 +136,21 @@ def _module(generator: str, intrinsics: str, comments: list, signature: str) -> 
                     f"def {signature}:")
 
 
-def forward_source(g: Geometry, b: Blocking, relu: bool = False) -> str:
+def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int, int] | None = None,
+                   out_channels: int | None = None) -> str:
     """A module with ``kernel(x, w, bias, out, N)``: the convolution of the flat padded input ``x`` (N, HP, WP,
-    C) with the flat filters ``w`` plus ``bias``, into the flat ``out`` (N, OH, OW, F); with ``relu``, max(., 0)."""
+    C) with the flat filters ``w`` plus ``bias``, into the flat ``out`` (N, OH, OW, F); with ``relu``, max(., 0).
+    ``rows`` (first, end): the only rows of ``x`` that are not zero borders, whose taps alone are added (all
+    rows when None); the input gradient's zero-bordered output gradient skips a third of its work so.
+    ``out_channels``: where less than F, ``out`` has that many channels and the filters after them (zero ones
+    that fill whole vectors) are computed but not stored."""
     L = b.lanes
+    rows = (0, g.HP) if rows is None else (max(0, rows[0]), min(g.HP, rows[1]))
+    FO = g.F if out_channels is None else out_channels
     full, tail = divmod(g.OW, b.P)
-    src = _module("forward_source", f"load{L} as load, splat{L} as splat, store, fma, relu", [g, b],
+    src = _module("forward_source", f"load{L} as load, splat{L} as splat, store, store_first, fma, relu",
+                  [g, b] + ([f"rows {rows[0]} to {rows[1]}"] if rows != (0, g.HP) else [])
+                  + ([f"{FO} output channels"] if FO != g.F else []),
                   "kernel(x, w, bias, out, N)")
     with src.indent():
         src(f"for row in prange(N * {g.OH}):")
@@ -140,10 +163,10 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False) -> str:
                     src(f"for blk in range({full}):")
                     with src.indent():
                         src(f"ow0 = blk * {b.P}")
-                        _forward_block(src, g, b, b.P, relu)
+                        _forward_block(src, g, b, b.P, relu, rows, FO)
                 if tail:
                     src(f"ow0 = {full * b.P}")
-                    _forward_block(src, g, b, tail, relu)
+                    _forward_block(src, g, b, tail, relu, rows, FO)
     return src.text()
 
 
@@ -240,19 +263,23 @@ def _pooled_block(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW
                 f"store_int32(argmax, oi + {q * g.F + v * L}, where)")
 
 
-def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int) -> str:
+def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int | None = None) -> str:
     """A module with ``kernel(x, dy, partial, N)``: for each of ``CHUNKS`` chunks of the (n, oh) output rows,
     partial[chunk, k, f] = sum over its positions of x[n, oh*SH + kh, ow*SW + kw, c] * dy[n, oh, ow, f], with
     k = (kh * KW + kw) * C + c, the positions added in order; the row after the last k sums dy itself (the bias
     gradient). A chunk goes through its rows a few at a time (a
     tile of the output gradient that stays in the first-level cache), and every block of ``rows`` k's x ``fv``
-    filter vectors adds that tile into its registers, picking up and putting back its sums in ``partial`` (zeroed first, so an empty chunk adds nothing)."""
+    filter vectors adds that tile into its registers, picking up and putting back its sums in ``partial`` (zeroed first, so an empty chunk adds nothing).
+    ``dy_channels``: where less than F, ``dy`` has that many channels, the others taken as zero (the zero
+    filters added to fill whole vectors)."""
     L = lanes
     K = g.KH * g.KW * g.C
+    FD = g.F if dy_channels is None else dy_channels
     full, tail = divmod(K, rows)
-    tile = max(1, TILE_BYTES // (g.OW * g.F * 4))
-    src = _module("weight_grad_source", f"load{L} as load, splat{L} as splat, store, fma, add",
-                  [g, f"rows {rows}, filter vectors {fv}, tile {tile} rows"], "kernel(x, dy, partial, N)")
+    tile = max(1, TILE_BYTES // (g.OW * FD * 4))
+    src = _module("weight_grad_source", f"load{L} as load, load_first{L} as load_first, splat{L} as splat, store, "
+                  "fma, add", [g, f"rows {rows}, filter vectors {fv}, tile {tile} rows"]
+                  + ([f"{FD} output-gradient channels"] if FD != g.F else []), "kernel(x, dy, partial, N)")
     with src.indent():
         src(f"R = N * {g.OH}")
         src(f"for chunk in prange({CHUNKS}):")
@@ -266,19 +293,27 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int) -> str:
                 src(f"t1 = min(t0 + {tile}, last)")
                 src(f"for f0 in range(0, {g.F}, {L * fv}):")
                 with src.indent():
+                    if FD != g.F:  # how many lanes of each dy vector are dy's own channels
+                        src(*(f"lanes_{v} = min({L}, max(0, {FD} - f0 - {v * L}))" for v in range(fv)))
                     if full:
                         src(f"for kb in range({full}):")
                         with src.indent():
                             src(f"k0 = kb * {rows}")
-                            _weight_grad_block(src, g, L, rows, fv)
+                            _weight_grad_block(src, g, L, rows, fv, FD)
                     if tail:
                         src(f"k0 = {full * rows}")
-                        _weight_grad_block(src, g, L, tail, fv)
-                    _bias_grad_block(src, g, L, fv)
+                        _weight_grad_block(src, g, L, tail, fv, FD)
+                    _bias_grad_block(src, g, L, fv, FD)
     return src.text()
 
 
-def _bias_grad_block(src: Source, g: Geometry, L: int, fv: int) -> None:
+def _dy_vector(g: Geometry, v: int, L: int, FD: int, index: str) -> str:
+    """The expression loading filter vector ``v`` of dy at ``index``: a partial load where dy has fewer
+    channels (FD) than the kernel's filters."""
+    return f"load(dy, {index} + {v * L})" if FD == g.F else f"load_first(dy, {index} + {v * L}, lanes_{v})"
+
+
+def _bias_grad_block(src: Source, g: Geometry, L: int, fv: int, FD: int) -> None:
     """The bias gradient as one more row of ``partial`` (row KH * KW * C): the tile's output gradients added."""
     src(f"pi = (chunk * {g.KH * g.KW * g.C + 1} + {g.KH * g.KW * g.C}) * {g.F} + f0")
     src(*(f"bias_{v} = load(partial, pi + {v * L})" for v in range(fv)))
@@ -286,12 +321,12 @@ def _bias_grad_block(src: Source, g: Geometry, L: int, fv: int) -> None:
     with src.indent():
         src(f"for ow in range({g.OW}):")
         with src.indent():
-            src(f"di = row * {g.OW * g.F} + ow * {g.F} + f0")
-            src(*(f"bias_{v} = add(bias_{v}, load(dy, di + {v * L}))" for v in range(fv)))
+            src(f"di = row * {g.OW * FD} + ow * {FD} + f0")
+            src(*(f"bias_{v} = add(bias_{v}, {_dy_vector(g, v, L, FD, 'di')})" for v in range(fv)))
     src(*(f"store(partial, pi + {v * L}, bias_{v})" for v in range(fv)))
 
 
-def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int) -> None:
+def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD: int) -> None:
     src(f"pi = (chunk * {g.KH * g.KW * g.C + 1} + k0) * {g.F} + f0")
     for i in range(count):
         src(f"k_{i} = k0 + {i}", f"c_{i} = k_{i} % {g.C}", f"t_{i} = k_{i} // {g.C}",
@@ -301,11 +336,11 @@ def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int) ->
     with src.indent():
         src(f"n = row // {g.OH}", f"oh = row - n * {g.OH}",
             f"xrow = (n * {g.HP} + oh * {g.SH}) * {g.WP} * {g.C}",
-            f"dyrow = row * {g.OW * g.F} + f0")
+            f"dyrow = row * {g.OW * FD} + f0")
         src(f"for ow in range({g.OW}):")
         with src.indent():
-            src(f"xi = xrow + ow * {g.SW * g.C}", f"di = dyrow + ow * {g.F}")
-            src(*(f"d_{v} = load(dy, di + {v * L})" for v in range(fv)))
+            src(f"xi = xrow + ow * {g.SW * g.C}", f"di = dyrow + ow * {FD}")
+            src(*(f"d_{v} = {_dy_vector(g, v, L, FD, 'di')}" for v in range(fv)))
             for i in range(count):
                 src(f"x_{i} = splat(x, xi + off_{i})")
                 src(*(f"acc_{i}_{v} = fma(x_{i}, d_{v}, acc_{i}_{v})" for v in range(fv)))
@@ -314,8 +349,9 @@ def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int) ->
 
 
 @lru_cache(maxsize=None)
-def _forward_kernel(g: Geometry, b: Blocking, relu: bool):
-    return load_module("conv_forward", forward_source(g, b, relu), f"a convolution kernel for {_words(g)}").kernel
+def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] | None, out_channels: int):
+    return load_module("conv_forward", forward_source(g, b, relu, rows, out_channels),
+                       f"a convolution kernel for {_words(g)}").kernel
 
 
 @lru_cache(maxsize=None)
@@ -325,8 +361,8 @@ def _pooled_kernel(g: Geometry, b: Blocking):
 
 
 @lru_cache(maxsize=None)
-def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int):
-    return load_module("conv_weight_grad", weight_grad_source(g, lanes, rows, fv),
+def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int):
+    return load_module("conv_weight_grad", weight_grad_source(g, lanes, rows, fv, dy_channels),
                        f"a weight-gradient kernel for {_words(g)}").kernel
 
 
@@ -368,9 +404,10 @@ def weight_grad_blocking(g: Geometry) -> tuple[int, int] | None:
 
 @njit(parallel=True, cache=True)
 def pad_into(x, top, left, out):
-    """out = x bordered with zeros: ``top`` rows and ``left`` columns before, the rest after."""
+    """out = x bordered with zeros: ``top`` rows and ``left`` columns before, the rest after; channels that
+    ``out`` has beyond x's are zeros too."""
     N, H, W, C = x.shape
-    HP, WP = out.shape[1], out.shape[2]
+    HP, WP, CP = out.shape[1], out.shape[2], out.shape[3]
     for n in prange(N):
         for i in range(HP):
             ih = i - top
@@ -381,15 +418,23 @@ def pad_into(x, top, left, out):
                 iw = j - left
                 if iw < 0 or iw >= W:
                     out[n, i, j] = 0.0
-                else:
+                elif CP == C:
                     out[n, i, j] = x[n, ih, iw]
+                else:
+                    for c in range(C):
+                        out[n, i, j, c] = x[n, ih, iw, c]
+                    for c in range(C, CP):
+                        out[n, i, j, c] = 0.0
 
 
 # -- the convolutions ----------------------------------------------------------------------------------------
 
-def forward(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray, relu: bool = False) -> None:
-    """out = conv(xp, w) + b (max(., 0) with ``relu``), xp already padded to (HP, WP)."""
-    kernel = _forward_kernel(g, forward_blocking(g), relu)
+def forward(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray, relu: bool = False,
+            rows: tuple[int, int] | None = None) -> None:
+    """out = conv(xp, w) + b (max(., 0) with ``relu``), xp already padded to (HP, WP); with ``rows`` (first,
+    end), the rows of xp outside them are taken to be zero and skipped. ``out`` may have fewer channels than
+    ``w`` has filters (zero filters added to fill whole vectors): it gets the first ones."""
+    kernel = _forward_kernel(g, forward_blocking(g), relu, rows, out.shape[-1])
     kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0])
 
 
@@ -403,30 +448,34 @@ def forward_max_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry
 
 def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db: np.ndarray) -> None:
     """dw = sum over the batch of the products of xp's patches and dy, db = the sum of dy, each in ``CHUNKS``
-    partial sums added in order."""
+    partial sums added in order. dy, dw and db may have fewer channels than ``g.F`` (zero filters added to fill
+    whole vectors): the sums of those filters are left out."""
     rows, fv = weight_grad_blocking(g)
     K = g.KH * g.KW * g.C
     partial = scratch("conv_weight_grad_partial", (CHUNKS, K + 1, g.F), np.float32)
-    _weight_grad_kernel(g, lanes_for(g.F), rows, fv)(xp.reshape(-1), dy.reshape(-1), partial.reshape(-1), xp.shape[0])
-    add_in_order(partial, dw.reshape(K, g.F), db)
+    kernel = _weight_grad_kernel(g, lanes_for(g.F), rows, fv, dy.shape[-1])
+    kernel(xp.reshape(-1), dy.reshape(-1), partial.reshape(-1), xp.shape[0])
+    add_in_order(partial, dw.reshape(K, dw.shape[-1]), db)
 
 
 @njit(parallel=True, cache=True)
 def dilate_into(dy, step_h, step_w, top, left, out):
     """out = zeros, with dy[n, i, j] at out[n, top + i * step_h, left + j * step_w]: the output gradient of a
-    strided convolution spread out to the input's grid, so that its input gradient is a stride-1 convolution."""
+    strided convolution spread out to the input's grid, so that its input gradient is a stride-1 convolution.
+    Channels that ``out`` has beyond dy's stay zero."""
     N, H, W, F = dy.shape
     for n in prange(N):
         out[n] = 0.0
         for i in range(H):
             for j in range(W):
-                out[n, top + i * step_h, left + j * step_w] = dy[n, i, j]
+                for f in range(F):
+                    out[n, top + i * step_h, left + j * step_w, f] = dy[n, i, j, f]
 
 
 @njit(parallel=True, cache=True)
 def add_in_order(partial, dw, db):
     """dw = partial[0, :K] + partial[1, :K] + ..., db the same of the last row, in that order for every element."""
-    K, F = dw.shape
+    K, F = dw.shape  # partial may hold more filters (zero ones added to fill whole vectors): left out
     for k in prange(K + 1):
         out = dw[k] if k < K else db
         for f in range(F):

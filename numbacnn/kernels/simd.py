@@ -14,6 +14,9 @@ to single LLVM instructions:
     load16(a, i) / load8(a, i)           lanes a[i], a[i + 1], ... of a contiguous float32 array (any rank: i is
                                          the flat index)
     store(a, i, v)                       writes v's lanes there
+    load_first16(a, i, k) / load_first8  lanes a[i] ... a[i + k - 1], the others 0 (nothing past them read)
+    store_first(a, i, v, k)              writes v's first k lanes only (for channel counts that are not
+                                         whole vectors)
     fma(a, b, c)                         a * b + c, each lane rounded once (llvm.fma)
     add(a, b), mul(a, b)                 lane by lane
     relu(v)                              max(v, 0), NaN kept (a NaN lane stays NaN)
@@ -255,6 +258,70 @@ def either(typingctx, a, b):
         return builder.or_(*args)
 
     return a(a, b), codegen
+
+
+def _first_lanes(builder, count_type, count, lanes: int):
+    """A mask of the lanes below ``count`` (a run-time integer)."""
+    index_type = ir.IntType(32)
+    count = builder.trunc(count, index_type) if count_type.bitwidth > 32 else builder.sext(count, index_type) \
+        if count_type.bitwidth < 32 else count
+    first = builder.insert_element(ir.Constant(ir.VectorType(index_type, lanes), ir.Undefined), count,
+                                   ir.Constant(index_type, 0))
+    counts = builder.shuffle_vector(first, ir.Constant(ir.VectorType(index_type, lanes), ir.Undefined),
+                                    ir.Constant(ir.VectorType(index_type, lanes), [0] * lanes))
+    return builder.icmp_signed("<", ir.Constant(ir.VectorType(index_type, lanes), list(range(lanes))), counts)
+
+
+def _masked(builder, operation: str, lanes: int, arguments):
+    vector_type = _vector_type(lanes)
+    mask_type = ir.VectorType(ir.IntType(1), lanes)
+    if operation == "load":
+        signature = ir.FunctionType(vector_type, [vector_type.as_pointer(), ir.IntType(32), mask_type, vector_type])
+    else:
+        signature = ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(), ir.IntType(32), mask_type])
+    function = cgutils.get_or_insert_function(builder.module, signature, f"llvm.masked.{operation}.v{lanes}f32.p0")
+    return builder.call(function, arguments)
+
+
+def _make_partial_load(lanes: int):
+    vector = FloatVector(lanes)
+
+    @intrinsic
+    def load_first(typingctx, a, i, k):
+        """Lanes a[i], ..., a[i + k - 1], the rest 0: the elements after them are not read (they may lie past
+        the array's end)."""
+        if not (_is_float32_array(a) and isinstance(i, types.Integer) and isinstance(k, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            pointer = _element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1], lanes)
+            mask = _first_lanes(builder, signature.args[2], args[2], lanes)
+            zeros = ir.Constant(_vector_type(lanes), [0.0] * lanes)
+            return _masked(builder, "load", lanes, [pointer, ir.Constant(ir.IntType(32), 4), mask, zeros])
+
+        return vector(a, i, k), codegen
+
+    return load_first
+
+
+load_first16, load_first8 = _make_partial_load(16), _make_partial_load(8)
+
+
+@intrinsic
+def store_first(typingctx, a, i, v, k):
+    """Writes v's first ``k`` lanes to a[i], ..., a[i + k - 1]; the elements after them are not touched."""
+    if not (_is_float32_array(a) and isinstance(i, types.Integer) and isinstance(v, FloatVector)
+            and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes = signature.args[2].lanes
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1], lanes)
+        mask = _first_lanes(builder, signature.args[3], args[3], lanes)
+        _masked(builder, "store", lanes, [args[2], pointer, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+
+    return types.none(a, i, v, k), codegen
 
 
 @intrinsic

@@ -9,6 +9,7 @@ import numpy as np
 from ...initializers import he_normal
 from ...layer import Layer, as_config_value, check_bool, check_int, check_pair, check_padding, filter_geometry
 from ..maxpool2d import MaxPool2D
+from ..relu import ReLU
 
 
 class Geometry(NamedTuple):
@@ -101,12 +102,18 @@ class Conv2D(Layer):
         return dx
 
     def fused_with(self, following):
-        """Where this device's kernels can (the CPU's generated kernels, for 2x2 max pooling with stride 2), the
-        max pooling written right after the convolution runs in the same kernel: ``ConvThenMaxPool``."""
-        fuses = getattr(self.kernels, "fuses_max_pool", None)
-        if isinstance(following, MaxPool2D) and fuses is not None and fuses(self, following):
+        """Where this device's kernels can (the CPU's generated kernels), the layer written right after the
+        convolution runs in the same kernel: 2x2 max pooling with stride 2 (``ConvThenMaxPool``) or a ReLU
+        (``ConvThenReLU``)."""
+        if isinstance(following, MaxPool2D) and self._kernels_fuse("fuses_max_pool", following):
             return ConvThenMaxPool(self, following)
+        if isinstance(following, ReLU) and self._kernels_fuse("fuses_relu", following):
+            return ConvThenReLU(self, following)
         return None
+
+    def _kernels_fuse(self, which: str, following) -> bool:
+        fuses = getattr(self.kernels, which, None)
+        return fuses is not None and fuses(self, following)
 
     def to_onnx(self, builder, x: str) -> str:
         # ONNX wants (F, C, KH, KW) weights where numbacnn keeps (KH, KW, C, F): transposed here, once.
@@ -126,23 +133,20 @@ class Conv2D(Layer):
         return conv if even else torch.nn.Sequential(torch.nn.ZeroPad2d((left, right, top, bottom)), conv)
 
 
-class ConvThenMaxPool:
-    """A convolution and the max pooling after it, run as one step of a model's run order (see
-    ``block.run_order``): one kernel computes the convolution and keeps only each window's largest value and
-    where it was, so the convolution's full-size output is never written. Outputs and gradients are exactly
-    those of the two layers run one after the other; both stay in the model as they were built (the summary
-    and the pictures show them apart, and a feature-map picture runs them one by one)."""
+class _ConvThen:
+    """A convolution and the layer after it, run as one step of a model's run order (see ``block.run_order``).
+    Outputs and gradients are exactly those of the two layers run one after the other; both stay in the model
+    as they were built (the summary and the pictures show them apart, and a feature-map picture runs them one
+    by one)."""
 
-    name = "conv2d+maxpool2d"
-
-    def __init__(self, conv: Conv2D, pool: MaxPool2D):
-        self.conv, self.pool = conv, pool
-        self.out_shape = pool.out_shape
+    def __init__(self, conv: Conv2D, following: Layer):
+        self.conv, self.following = conv, following
+        self.out_shape = following.out_shape
 
     @property
     def parts(self) -> tuple[Layer, Layer]:
         """The layers this step runs, in the order they run."""
-        return self.conv, self.pool
+        return self.conv, self.following
 
     @property
     def needs_input_grad(self) -> bool:
@@ -155,6 +159,40 @@ class ConvThenMaxPool:
     def fused_with(self, following):
         return None
 
+    def backward(self, dy):
+        return self.conv.backward(self.following.backward(dy))
+
+    def __repr__(self) -> str:
+        return f"{self.conv!r} {self.following!r}"
+
+
+class ConvThenReLU(_ConvThen):
+    """A convolution whose kernel applies the ReLU written after it as it stores each value, which saves the
+    ReLU a pass over the feature maps."""
+
+    name = "conv2d+relu"
+
+    def forward(self, x, *, training=False):
+        conv, relu = self.conv, self.following
+        out = relu.result("out", (x.shape[0], *conv.out_shape), training)
+        conv.kernels.conv2d_forward_relu(x, conv.params["weight"], conv.bias_or_zeros(conv.filters),
+                                         *conv._strides_and_padding(), out,
+                                         workspace=conv._workspace if training else None)
+        conv._x = x if training else None
+        relu._y = out if training else None
+        return out
+
+
+class ConvThenMaxPool(_ConvThen):
+    """A convolution and the max pooling after it: one kernel computes the convolution and keeps only each
+    window's largest value and where it was, so the convolution's full-size output is never written."""
+
+    name = "conv2d+maxpool2d"
+
+    @property
+    def pool(self) -> MaxPool2D:
+        return self.following
+
     def forward(self, x, *, training=False):
         conv, pool = self.conv, self.pool
         out = pool.result("out", (x.shape[0], *pool.out_shape), training)
@@ -165,9 +203,3 @@ class ConvThenMaxPool:
         conv._x = x if training else None
         pool._argmax, pool._relu_out = (argmax if training else None), None
         return out
-
-    def backward(self, dy):
-        return self.conv.backward(self.pool.backward(dy))
-
-    def __repr__(self) -> str:
-        return f"{self.conv!r} {self.pool!r}"

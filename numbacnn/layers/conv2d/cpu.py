@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from ...kernels import conv as generated
 from ..maxpool2d.cpu import maxpool2d_forward
+from ..relu.cpu import relu_forward
 
 from ...cpu_kernels import FMA, matmul, matmul_t, scratch, transpose_last
 
@@ -130,12 +131,28 @@ def worth_generating(work_per_image: int) -> bool:
 def fuses_max_pool(conv, pool) -> bool:
     """Whether ``conv`` and the max pooling ``pool`` after it run as one generated kernel: 2x2 windows with
     stride 2 after a float32 convolution that the generated kernels run."""
-    if pool.window != (2, 2) or pool.strides != (2, 2) or conv.dtype != np.float32:
+    if pool.window != (2, 2) or pool.strides != (2, 2):
         return False
     oh, ow, filters = conv.out_shape
+    return generated.takes(filters) and oh >= 2 and ow >= 2 and fuses_relu(conv, None)
+
+
+def fuses_relu(conv, relu) -> bool:
+    """Whether ``conv`` applies the ReLU after it in its own kernel: a float32 convolution that the generated
+    kernels run."""
+    oh, ow, filters = conv.out_shape
     kh, kw = conv._kernel
-    return (generated_kernels_enabled() and generated.takes(filters) and oh >= 2 and ow >= 2
+    return (conv.dtype == np.float32 and generated_kernels_enabled()
             and worth_generating(oh * ow * filters * kh * kw * conv.in_shape[2]))
+
+
+def conv2d_forward_relu(x, w, b, stride_h, stride_w, pad_top, pad_left, out, workspace=None):
+    """out = max(conv2d_forward(...), 0), the ReLU applied as the convolution stores its values."""
+    g = generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, out.shape)
+    if g is None:  # the input is not what the model was built for: the two kernels one after the other
+        conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out, workspace)
+        return relu_forward(out.reshape(-1), out.reshape(-1))
+    _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=True)
 
 
 def conv2d_forward_max_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, argmax,
@@ -173,45 +190,30 @@ def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
     return xp
 
 
-def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace):
+def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False):
     xp = _padded_input(x, g, pad_top, pad_left, workspace)
-    F = w.shape[3]
-    if g.F == F:
-        return generated.forward(xp, w, b, g, out)
-    # Filters added to fill whole vectors: zero weights, their outputs computed and dropped.
-    wide = scratch("conv_out_wide", (*out.shape[:3], g.F), out.dtype)
-    generated.forward(xp, _with_channels(w, g.F, "conv_w_wide"), _with_channels(b, g.F, "conv_b_wide"), g, wide)
-    out[:] = wide[..., :F]
+    rows = (pad_top, pad_top + x.shape[1])  # the input's own rows: the taps on its zero border are skipped
+    # Where filters are added to fill whole vectors (zero weights), their outputs are computed, not stored.
+    generated.forward(xp, _with_channels(w, g.F, "conv_w_wide"), _with_channels(b, g.F, "conv_b_wide"), g, out,
+                      relu=relu, rows=rows)
 
 
 def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
     xp = _padded_input(x, g, pad_top, pad_left, workspace, backward=True)
-    F = w.shape[3]
-    if g.F == F:
-        generated.weight_grad(xp, dy, g, dw, db)
-    else:  # the added filters' output gradients are zero
-        dy = _with_channels(dy, g.F, "conv_dy_wide")
-        w = _with_channels(w, g.F, "conv_w_wide")
-        dw_wide, db_wide = scratch("conv_dw_wide", (*dw.shape[:3], g.F), dw.dtype), scratch("conv_db_wide", (g.F,), db.dtype)
-        generated.weight_grad(xp, dy, g, dw_wide, db_wide)
-        dw[:], db[:] = dw_wide[..., :F], db_wide[:F]
+    # Filters added to fill whole vectors have zero output gradients: the kernels leave their sums out.
+    generated.weight_grad(xp, dy, g, dw, db)
     if dx is None:
         return
     gx = _input_grad_geometry(g, dx.shape, pad_top, pad_left)
     if gx is None:
         conv2d_backward_input_direct(dy, transpose_last(w), g.SH, g.SW, pad_top, pad_left, dx)
         return
-    if gx.F != dx.shape[3]:  # channels added to fill whole vectors: zero filters, their gradients dropped
-        dx_wide = scratch("conv_dx_wide", (*dx.shape[:3], gx.F), dx.dtype)
-        _input_grad(dy, w, g, gx, pad_top, pad_left, dx_wide)
-        dx[:] = dx_wide[..., :dx.shape[3]]
-    else:
-        _input_grad(dy, w, g, gx, pad_top, pad_left, dx)
+    _input_grad(dy, _with_channels(w, g.F, "conv_w_wide"), g, gx, pad_top, pad_left, dx)
 
 
 def _input_grad(dy, w, g, gx, pad_top, pad_left, dx):
-    """dx from dy (with ``g.F`` channels) and the filters ``w`` (``g.F`` of them), ``dx`` having ``gx.F``
-    channels (the filters' channels, with zero ones added where ``gx.F`` is more)."""
+    """dx from dy and the filters ``w`` (``g.F`` of them: dy's, with zero ones added to fill whole vectors),
+    ``dx`` having the filters' channels (``gx.F`` of them are computed: zero ones added, not stored)."""
     # dx is the stride-1 convolution of dy bordered by (KH - 1 - pad) zeros with the filters turned around; a
     # strided convolution's dy is first spread out to every stride-th row and column (zeros between).
     dyp = scratch("conv_dy_padded", (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)
@@ -225,7 +227,8 @@ def _input_grad(dy, w, g, gx, pad_top, pad_left, dx):
     generated.flipped(w, w_turned[..., :g.C])
     no_bias = scratch("conv_no_bias", (gx.F,), dx.dtype)
     no_bias[:] = 0
-    generated.forward(dyp, w_turned, no_bias, gx, dx)
+    # Only dy's own rows (not its zero border) hold anything: the taps on the others are skipped.
+    generated.forward(dyp, w_turned, no_bias, gx, dx, rows=(top, top + (dy.shape[1] - 1) * g.SH + 1))
 
 
 def _input_grad_geometry(g, dx_shape, pad_top, pad_left):
