@@ -1,6 +1,6 @@
 """The generated, register-blocked CPU kernels against the plain kernels they replace.
 
-The vector intrinsics against NumPy; the blocking's register budget; the generated convolutions against the
+The vector intrinsics against NumPy (partial loads and stores included); the blocking's register budget; the generated convolutions against the
 generic ones: the forward pass to the bit where both add in the same order (the generic direct kernel), the
 gradients within float32 rounding of a float64 reference; the weight gradient to the bit on one thread and on
 two; and both vector widths (16 lanes with AVX-512, 8 otherwise), forced through NUMBACNN_SIMD_LANES.
@@ -69,6 +69,44 @@ def test_vector_intrinsics_match_numpy(lanes):
     np.testing.assert_array_equal(got[4], np.where(a > b, a, b))
     np.testing.assert_array_equal(got[5], np.full(lanes, c[3]))
     np.testing.assert_array_equal(got[6], np.zeros(lanes))
+
+
+@njit
+def _first_lanes16(a, i, k, out, j):
+    simd.store_first(out, j, simd.load_first16(a, i, k), k)
+
+
+@njit
+def _first_lanes8(a, i, k, out, j):
+    simd.store_first(out, j, simd.load_first8(a, i, k), k)
+
+
+@njit
+def _load_first16(a, i, k, out):
+    simd.store(out, 0, simd.load_first16(a, i, k))
+
+
+@njit
+def _load_first8(a, i, k, out):
+    simd.store(out, 0, simd.load_first8(a, i, k))
+
+
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("count", [0, 1, 5, 7, 8, 16])
+def test_partial_loads_and_stores_touch_only_their_lanes(lanes, count):
+    """load_first reads k values and gives zeros after them (nothing past them is read: the source here ends
+    right after them); store_first writes k values and leaves the rest of the array as it was."""
+    count = min(count, lanes)
+    source = np.arange(1, count + 1, dtype=np.float32)  # exactly ``count`` values: a full load would overrun
+    loaded = np.full(lanes, 99, np.float32)
+    (_load_first16 if lanes == 16 else _load_first8)(source if count else np.ones(1, np.float32), 0, count, loaded)
+    np.testing.assert_array_equal(loaded, np.r_[source, np.zeros(lanes - count, np.float32)])
+    out = np.full(3 * lanes, -1, np.float32)
+    data = np.arange(100, 100 + 2 * lanes, dtype=np.float32)
+    (_first_lanes16 if lanes == 16 else _first_lanes8)(data, 2, count, out, lanes + 1)
+    want = np.full(3 * lanes, -1, np.float32)
+    want[lanes + 1:lanes + 1 + count] = data[2:2 + count]
+    np.testing.assert_array_equal(out, want)
 
 
 def test_the_fma_is_fused_and_the_loop_is_vectorised():
