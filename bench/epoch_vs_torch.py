@@ -2,10 +2,12 @@
 
     python bench/epoch_vs_torch.py --model keras-convnet --batch-size 128 --threads 2 --repeats 5
 
-Both use the same architecture, batch size, optimiser (Adam 1e-3) and thread count, on the real training set;
-JIT compilation is paid before the clock starts. PyTorch runs in a fresh process of its own with its default
-settings (importing numbacnn sets OMP_WAIT_POLICY=PASSIVE, which PyTorch's OpenMP threads would otherwise
-inherit). Prints each repeat, the medians and the ratio.
+Both use the same architecture, batch size, optimiser (Adam 1e-3) and thread count, on the real training set
+(or its first --limit images); JIT compilation is paid before the clock starts. PyTorch runs in a fresh process
+of its own with its default settings (importing numbacnn sets OMP_WAIT_POLICY=PASSIVE, which PyTorch's OpenMP
+threads would otherwise inherit). Prints each repeat, the medians and the ratio.
+
+bench/bench_vs_epoch.py reuses the functions below.
 """
 
 from __future__ import annotations
@@ -20,7 +22,29 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np
+import numpy as np  # noqa: E402
+
+
+def set_threads(threads: int | None) -> int:
+    """Caps numbacnn's, PyTorch's and BLAS's threads at ``threads`` (default: numba's count); returns it."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = threads or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    return threads
+
+
+def training_set(data_dir=None, limit: int | None = None):
+    """MNIST's training images (the first ``limit``), prepared, and their labels as int64."""
+    from numbacnn.data import load_dataset
+    from numbacnn.train import prepare_images
+
+    images, labels = load_dataset("mnist", "train", data_dir=data_dir)
+    return prepare_images(images[:limit]), labels[:limit].astype(np.int64)
 
 
 def numbacnn_epoch(spec, x, y, batch_size, seed):
@@ -35,15 +59,19 @@ def numbacnn_epoch(spec, x, y, batch_size, seed):
     return time.perf_counter() - start, model
 
 
-def torch_epoch_in_child(args, seed: int) -> float:
-    """Seconds for one PyTorch epoch, measured in a fresh process with the environment as the user had it."""
+def torch_epoch_in_child(model: str, batch_size: int, threads: int, seed: int, data_dir=None,
+                         limit: int | None = None, keep_omp_wait_policy: bool = USER_SET_OMP_WAIT_POLICY) -> float:
+    """Seconds for one PyTorch epoch of the named network ``model``, measured in a fresh process with the
+    environment as the user had it (OMP_WAIT_POLICY only when ``keep_omp_wait_policy``)."""
     env = dict(os.environ)
-    if not USER_SET_OMP_WAIT_POLICY:
+    if not keep_omp_wait_policy:
         env.pop("OMP_WAIT_POLICY", None)
-    command = [sys.executable, __file__, "--torch-child", "--model", args.model, "--batch-size", str(args.batch_size),
-               "--threads", str(args.threads), "--seed", str(seed)]
-    if args.data_dir:
-        command += ["--data-dir", args.data_dir]
+    command = [sys.executable, __file__, "--torch-child", "--model", model, "--batch-size", str(batch_size),
+               "--threads", str(threads), "--seed", str(seed)]
+    if data_dir:
+        command += ["--data-dir", str(data_dir)]
+    if limit:
+        command += ["--limit", str(limit)]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -59,14 +87,29 @@ def torch_epoch(model, x, y, batch_size, seed):
     yt = torch.from_numpy(y.astype(np.int64))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    order = torch.randperm(len(xt))
-    start = time.perf_counter()
-    for b in range(0, len(xt), batch_size):
-        idx = order[b:b + batch_size]
+
+    def step(idx):
         optimizer.zero_grad(set_to_none=True)
         loss_fn(net(xt[idx]), yt[idx]).backward()
         optimizer.step()
+
+    for b in range(0, batch_size * 2, batch_size):  # warm-up, as numbacnn's epoch gets (it matters with --limit)
+        step(torch.arange(b, min(b + batch_size, len(xt))))
+    order = torch.randperm(len(xt))
+    start = time.perf_counter()
+    for b in range(0, len(xt), batch_size):
+        step(order[b:b + batch_size])
     return time.perf_counter() - start
+
+
+def epoch_pair(model: str, x, y, batch_size: int, threads: int, seed: int, data_dir=None, limit: int | None = None,
+               **child) -> tuple[float, float]:
+    """(seconds of numbacnn's epoch here, seconds of PyTorch's in a fresh process) of the named network
+    ``model`` on ``x``, ``y`` (the first ``limit`` of the training images in ``data_dir``)."""
+    from numbacnn.presets import preset_spec
+
+    ours = numbacnn_epoch(preset_spec(model), x, y, batch_size, seed)[0]
+    return ours, torch_epoch_in_child(model, batch_size, threads, seed, data_dir, limit, **child)
 
 
 def main():
@@ -76,35 +119,27 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N images (default: all 60,000)")
     parser.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default=None, help="default: NUMBACNN_DATA_DIR or the download cache")
     args = parser.parse_args()
 
-    import numba
     import torch
-    from threadpoolctl import threadpool_limits
 
-    from numbacnn.data import load_dataset
     from numbacnn.presets import preset_spec
-    from numbacnn.train import prepare_images
 
-    args.threads = args.threads or numba.config.NUMBA_NUM_THREADS
-    threads = args.threads
-    numba.set_num_threads(threads)
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
-    images, labels = load_dataset("mnist", "train", data_dir=args.data_dir)
-    x, y = prepare_images(images), labels.astype(np.int64)
-    spec = preset_spec(args.model)
+    threads = set_threads(args.threads)
+    x, y = training_set(args.data_dir, args.limit)
     if args.torch_child:
         from numbacnn.model import Sequential
 
-        print(torch_epoch(Sequential(spec).build(seed=args.seed), x, y, args.batch_size, args.seed))
+        print(torch_epoch(Sequential(preset_spec(args.model)).build(seed=args.seed), x, y, args.batch_size, args.seed))
         return
     ours, theirs = [], []
     for r in range(args.repeats):
-        ours.append(numbacnn_epoch(spec, x, y, args.batch_size, seed=r)[0])
-        theirs.append(torch_epoch_in_child(args, seed=r))
+        a, b = epoch_pair(args.model, x, y, args.batch_size, threads, r, args.data_dir, args.limit)
+        ours.append(a)
+        theirs.append(b)
         print(f"repeat {r + 1}: numbacnn {ours[-1]:.1f} s, PyTorch {theirs[-1]:.1f} s", flush=True)
     a, b = statistics.median(ours), statistics.median(theirs)
     print(f"{args.model}, batch {args.batch_size}, {threads} threads, PyTorch {torch.__version__}: "

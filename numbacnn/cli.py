@@ -620,20 +620,40 @@ def _signature(entry) -> str:
 def bench(
     model: Optional[str] = MODEL,
     layers: Optional[str] = LAYERS,
+    dataset: str = typer.Option(
+        "mnist", "--dataset", "-d", metavar="NAME|FOLDER",
+        help=f"The images the steps take: the training images of {', '.join(BUILTIN)} or of a folder of pictures, "
+             "each step the next batch of a shuffled order, as training draws them; the network is built for their "
+             "shape. Random images stand in, and the report says why, when they cannot be loaded or do not fit the "
+             "network.",
+    ),
+    random_images: bool = typer.Option(False, "--random-images", help="Time the steps on random images instead."),
     batch_size: int = typer.Option(128, "--batch-size", "-b", min=1, help="Images per step."),
-    steps: int = typer.Option(20, "--steps", min=1, help="Timed steps per measurement (after warm-up)."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Repeats of each measurement; the median is reported."),
+    steps: int = typer.Option(
+        20, "--steps", min=1,
+        help="Calls per timing: each layer's row times this many calls in a row; the training and inference "
+             "figures are medians over --steps x --repeats steps of each framework, each step timed on its own.",
+    ),
+    repeats: int = typer.Option(
+        5, "--repeats", min=1,
+        help="Timings per figure: each layer's row is the median of this many; the training and inference figures "
+             "are medians over --steps x --repeats steps.",
+    ),
     device: DeviceName = DEVICE,
     threads: Optional[int] = THREADS,
     torch: bool = typer.Option(True, "--torch/--no-torch", help="Also time PyTorch, when installed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    data_dir: Optional[Path] = DATA_DIR,
 ):
-    """Time each layer's forward and backward pass and whole training steps, beside PyTorch when installed."""
+    """Time each layer's forward and backward pass, then training and inference steps on real batches, each
+    step timed on its own, in turn with PyTorch's steps on the same batches when it is installed (the ratio:
+    PyTorch's median step time over numbacnn's; the middle half of the pairs' ratios beside it)."""
     from .bench import run_bench
 
     _set_threads(threads)
     report = run_bench(_spec(model, layers), batch_size=batch_size, steps=steps, repeats=repeats,
-                       device=device.value, with_torch=torch)
+                       device=device.value, with_torch=torch, dataset=None if random_images else dataset,
+                       data_dir=data_dir)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
