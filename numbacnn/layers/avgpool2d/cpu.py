@@ -37,15 +37,36 @@ def avgpool2d_forward(x, size_h, size_w, stride_h, stride_w, out):
 
 @njit(parallel=True, cache=True)
 def avgpool2d_backward(dy, size_h, size_w, stride_h, stride_w, dx):
-    """Each output's gradient is shared equally by the inputs of its window."""
-    N = dx.shape[0]
-    OH, OW, C = dy.shape[1], dy.shape[2], dy.shape[3]
+    """Each output's gradient is shared equally by the inputs of its window (windows that overlap add up, in
+    the order of the windows)."""
+    N, H, W, C = dx.shape
+    OH, OW = dy.shape[1], dy.shape[2]
     scale = 1.0 / (size_h * size_w)
+    dxf = dx.reshape((N * H, W * C))  # rows indexed flat, as in the forward pass
+    dyf = dy.reshape((N * OH, OW * C))
+    if size_h == size_w == stride_h == stride_w == 2 and H == 2 * OH and W == 2 * OW:
+        for row in prange(N * OH):  # windows that tile the input: each input gets one share
+            n = row // OH
+            first = n * H + (row - n * OH) * 2
+            g, top, bottom = dyf[row], dxf[first], dxf[first + 1]
+            top[0] = 0.0
+            zero = top[0]  # 0 in the arrays' precision: the shares round as the general case's sums do
+            for ow in range(OW):
+                for c in range(C):
+                    share = zero + g[ow * C + c] * scale
+                    i = 2 * ow * C + c
+                    top[i] = share
+                    top[i + C] = share
+                    bottom[i] = share
+                    bottom[i + C] = share
+        return
     for n in prange(N):
         dx[n] = 0.0
         for oh in range(OH):
             for ow in range(OW):
-                for ih in range(oh * stride_h, oh * stride_h + size_h):
-                    for iw in range(ow * stride_w, ow * stride_w + size_w):
+                for kh in range(size_h):
+                    to = n * H + oh * stride_h + kh
+                    for kw in range(size_w):
+                        at = (ow * stride_w + kw) * C
                         for c in range(C):
-                            dx[n, ih, iw, c] += dy[n, oh, ow, c] * scale
+                            dxf[to, at + c] += dyf[n * OH + oh, ow * C + c] * scale
