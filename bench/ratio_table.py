@@ -3,8 +3,9 @@ at several batch sizes, as a table.
 
     python bench/ratio_table.py --threads 1 2 --repeats 5
 
-Each figure is the median of --repeats timings of one random batch (numbacnn.bench.run_bench, which trains
-with a learning rate too small to memorise it); prints Markdown.
+Each figure comes from numbacnn.bench.run_bench: --repeats x --steps steps (scaled by the batch size) on
+MNIST's shuffled training batches, numbacnn's and PyTorch's steps in turn, each timed alone; the figures are
+the median steps, the ratio PyTorch's median over numbacnn's. Prints Markdown.
 """
 
 from __future__ import annotations

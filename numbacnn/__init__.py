@@ -30,6 +30,7 @@ from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 # Numba's OpenMP threads otherwise spin for a while after each parallel loop, and on a small machine they
 # then take the cores from the BLAS product that runs next (that cost a third of a training step on two
 # cores). Set before numba starts its threads; a value the user set wins.
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # None unless the user set one
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:

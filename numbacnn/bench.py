@@ -355,7 +355,7 @@ def torch_contender(model: Sequential, images: np.ndarray, labels: np.ndarray, b
     (Adam at its default rate, cross-entropy) on the same batches of the host ``images`` (laid out NCHW); the
     reason, as a string, when that is not possible."""
     try:
-        import torch
+        torch = _import_torch()
     except ImportError:
         return "PyTorch is not installed (pip install 'numbacnn[bench]')"
     if model.device.asynchronous and not torch.cuda.is_available():
@@ -399,6 +399,28 @@ def torch_contender(model: Sequential, images: np.ndarray, labels: np.ndarray, b
     sync = torch.cuda.synchronize if model.device.asynchronous else (lambda: None)
     return Contender("PyTorch", train, inference, sync), {"version": torch.__version__,
                                                           "threads": torch.get_num_threads()}
+
+
+def _import_torch():
+    """PyTorch as it runs in a process of its own: its OpenMP threads start without the wait policy that
+    importing numbacnn sets for numba's (PASSIVE, which made PyTorch's steps here slower than in its own
+    process); a policy the user set stays. Where PyTorch is already imported, it stays as it is."""
+    import os
+    import sys
+
+    from . import USER_OMP_WAIT_POLICY
+
+    if "torch" in sys.modules or USER_OMP_WAIT_POLICY is not None:
+        import torch
+
+        return torch
+    numbacnn_policy = os.environ.pop("OMP_WAIT_POLICY", None)
+    try:
+        import torch
+    finally:
+        if numbacnn_policy is not None:
+            os.environ["OMP_WAIT_POLICY"] = numbacnn_policy
+    return torch
 
 
 def torch_twin(model: Sequential, torch):

@@ -20,7 +20,8 @@ from numbacnn.device import get_device
 from numbacnn.errors import DeviceError, ShapeError, SpecError
 from numbacnn.layers.batchnorm2d import BatchNorm, BatchNorm2D
 from numbacnn.layers.batchnorm2d import cpu as bn_cpu
-from numbacnn.testing import LayerCase, image_shapes, parametrize_with_checks
+from numbacnn.testing import CHECKS, LayerCase, image_shapes, parametrize_with_checks
+from conftest import cuda_examples
 # The other layers' reference tests: float64 results may differ from a reference only in the order of sums,
 # float32 ones by rounding.
 from test_reference import TOLERANCES, assert_agrees
@@ -100,11 +101,16 @@ common = dict(hyper=hyper, batch_size=st.integers(2, 4), reference=reference_inf
               training_reference=reference_training, state_updates=True)
 
 
-@parametrize_with_checks([
-    LayerCase("batchnorm2d", input_shape=image_shapes(max_channels=4), **common),
-    LayerCase("batchnorm", input_shape=st.tuples(st.integers(1, 12)), **common),
-])
+@parametrize_with_checks([LayerCase("batchnorm2d", input_shape=image_shapes(max_channels=4), **common)])
 def test_batchnorm_layer(case, check):
+    check(case)
+
+
+# batchnorm runs batchnorm2d's kernels on its (rows, features): their devices check above, and the training
+# steps on cuda below, cover it, so it is not repeated on the slow CUDA simulator.
+@parametrize_with_checks([LayerCase("batchnorm", input_shape=st.tuples(st.integers(1, 12)), **common)],
+                         checks=[name for name in CHECKS if name != "devices"])
+def test_flat_batchnorm_layer(case, check):
     check(case)
 
 
@@ -367,7 +373,8 @@ def test_parameters_and_state_are_described():
 # -- CUDA: every kernel against its CPU twin --------------------------------------------------------------
 
 LOW_OCCUPANCY = pytest.mark.filterwarnings("ignore:Grid size .* low occupancy")  # tiny grids are the point
-CUDA_SETTINGS = settings(max_examples=6, deadline=None)  # each example launches real or simulated kernels
+# Each example launches real or simulated kernels.
+CUDA_SETTINGS = settings(max_examples=cuda_examples(6), deadline=None)
 
 
 def gpu_or_skip():

@@ -177,9 +177,10 @@ def test_a_named_network_brings_its_recipe_and_options_win(tmp_path, datasets_di
     _, meta = load_checkpoint(tmp_path / "a.npz")
     assert meta["augment"] == "shift=2" and meta["lr"] == 0.002
     flags = run("train", "-m", "small-resnet", *common, "--augment", "none", "--lr", "0.01", "--batch-size", 32,
-                "--schedule", "constant", "-o", tmp_path / "b.npz")
+                "--schedule", "constant", "--validation", 100, "-o", tmp_path / "b.npz")
     assert flags.exit_code == 0, flags.output
     assert "1 epoch of batch 32, adam lr 0.01 (constant), augmentation none" in flags.output
+    assert "256 images (100 held out for validation)" in flags.output
     fashion = run("train", "-m", "small-resnet", *common, "-d", "fashion-mnist", "-o", tmp_path / "c.npz")
     assert fashion.exit_code == 0, fashion.output
     assert "on fashion-mnist" in fashion.output and "augmentation shift=1," in fashion.output

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import require_cuda
+from conftest import cuda_examples, require_cuda
 from test_augment import mix32  # the hash in NumPy: an independent check of the device arithmetic
 
 cuda = require_cuda()
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Grid size .* low occupancy")
 GPU = get_device("cuda")
 DTYPES = st.sampled_from([np.float32, np.float64])
 # Each example launches real (or simulated) kernels: few examples, and no per-example deadline.
-KERNEL_SETTINGS = settings(max_examples=8, deadline=None)
+KERNEL_SETTINGS = settings(max_examples=cuda_examples(8), deadline=None)
 
 
 def tolerance(dtype) -> dict:
@@ -271,7 +271,7 @@ def gpu_mask(seed: int, shape, rate: float, dtype, first: int = 0) -> np.ndarray
     return mask_of(seeds, shape, rate, dtype, first)
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=cuda_examples(5), deadline=None)
 @given(shape=st.sampled_from([(1,), (3, 7), (2, 3, 3, 2)]), rate=st.sampled_from([0.1, 0.5, 0.9]),
        dtype=DTYPES, seed=st.integers(0, 2**32))
 def test_dropout_mask_is_the_documented_hash(shape, rate, dtype, seed):
@@ -352,7 +352,7 @@ def test_optimizer_updates_match_cpu(size, dtype, seed):
 # -- shared helpers and the device ----------------------------------------------------------------------------
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=cuda_examples(6), deadline=None)
 @given(shape=st.sampled_from([(1, 1), (3, 5), (2, 1, 4), (2, 3, 2, 5)]), dtype=DTYPES)
 def test_fill_zero(shape, dtype):
     w_d = GPU.to_device(np.arange(np.prod(shape), dtype=dtype).reshape(shape))
@@ -361,7 +361,7 @@ def test_fill_zero(shape, dtype):
     np.testing.assert_array_equal(GPU.to_host(GPU.zeros(shape, dtype)), np.zeros(shape, dtype))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=cuda_examples(6), deadline=None)
 @given(rows=st.integers(1, 9), row_shape=st.sampled_from([(), (3,), (2, 3)]), data=st.data())
 def test_take_gathers_rows_on_the_device(rows, row_shape, data):
     array = np.arange(rows * int(np.prod(row_shape)), dtype=np.float32).reshape((rows, *row_shape))

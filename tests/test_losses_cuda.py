@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import require_cuda
+from conftest import cuda_examples, require_cuda
 
 cuda = require_cuda()
 
@@ -29,7 +29,7 @@ def tolerance(dtype) -> dict:
     return {"rtol": 2e-4, "atol": 2e-5} if np.dtype(dtype) == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=cuda_examples(6), deadline=None)
 @given(n=st.integers(1, 200), k=st.integers(2, 7), smoothing=st.sampled_from([0.0, 0.1, 0.6]),
        weighted=st.booleans(), given_norm=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 2**16))
@@ -77,7 +77,7 @@ def test_fit_with_class_weights_and_smoothing_on_cuda_matches_the_cpu():
     from numbacnn.train import RunState, fit
 
     rng = np.random.default_rng(2)
-    images, labels = rng.random((10, 6, 6, 1), dtype=np.float32), rng.integers(0, 3, 10)
+    images, labels = rng.random((6, 6, 6, 1), dtype=np.float32), rng.integers(0, 3, 6)  # a full batch, a short one
     runs, weights = {}, {}
     for device in ("cpu", "cuda"):
         model = Sequential("conv2d(2,3) relu maxpool2d(2) flatten dense(3)", (6, 6, 1)).build(seed=0, device=device)

