@@ -301,50 +301,16 @@ def test_generated_source_is_written_once_and_reused(tmp_path, monkeypatch):
     assert len(written) == 1 and written[0].read_text() == source
 
 
-@settings(max_examples=4, deadline=None)
-@given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
-       lanes=st.sampled_from(LANES))
-def test_fused_convolution_and_max_pooling_equal_the_two_layers(seed, size, channels, lanes):
-    """The fused step gives the pooled output, the winners and every gradient of conv2d then maxpool2d run
-    one after the other, to the bit (NaN included)."""
-    from numbacnn.layers.conv2d import ConvThenMaxPool
+def _fused_against_plain(spec: str, input_shape, seed: int, step_type):
+    """The model of ``spec`` whose first step is a ``step_type`` against the same model run layer by layer:
+    the outputs of a training pass (one input NaN) and every gradient, to the bit; returns both models."""
     from numbacnn.model import Sequential
 
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
-        spec = f"conv2d({lanes},3) maxpool2d(2) flatten dense(3)"
-        fused = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
-        plain = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
-        plain.execution_order = list(plain.layers)  # as written: no fusion
-        assert isinstance(fused.execution_order[0], ConvThenMaxPool)
-        x = np.random.default_rng(seed).standard_normal((3, size, size, channels)).astype(np.float32)
-        x[0, 1, 1, 0] = np.nan
-        out_fused, out_plain = fused.forward(x, training=True), plain.forward(x, training=True)
-        np.testing.assert_array_equal(out_fused, out_plain)
-        np.testing.assert_array_equal(fused.layers[1]._argmax, plain.layers[1]._argmax)
-        dy = np.random.default_rng(1).standard_normal(out_plain.shape).astype(np.float32)
-        fused.backward(dy)
-        plain.backward(dy)
-        for a, b in zip(fused.layers, plain.layers):
-            for key in a.grads:
-                np.testing.assert_array_equal(a.grads[key], b.grads[key])
-
-
-@settings(max_examples=4, deadline=None)
-@given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
-       filters=st.sampled_from((6, 8, 16)), padding=st.sampled_from((0, 1, 2)))
-def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, filters, padding):
-    """conv2d then relu as one kernel: the output and every gradient of the two layers run one after the other,
-    to the bit (NaN included), also for filter counts that are not whole vectors (only the real ones stored)."""
-    from numbacnn.layers.conv2d import ConvThenReLU
-    from numbacnn.model import Sequential
-
-    spec = f"conv2d({filters},3,padding={padding}) relu conv2d(8,3,padding=1) flatten dense(3)"
-    fused = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
-    plain = Sequential(spec, input_shape=(size, size, channels)).build(seed=seed)
+    fused = Sequential(spec, input_shape=input_shape).build(seed=seed)
+    plain = Sequential(spec, input_shape=input_shape).build(seed=seed)
     plain.execution_order = list(plain.layers)  # as written: no fusion
-    assert isinstance(fused.execution_order[0], ConvThenReLU)
-    x = np.random.default_rng(seed).standard_normal((3, size, size, channels)).astype(np.float32)
+    assert isinstance(fused.execution_order[0], step_type)
+    x = np.random.default_rng(seed).standard_normal((3, *input_shape)).astype(np.float32)
     x[0, 1, 1, 0] = np.nan
     out_fused, out_plain = fused.forward(x, training=True), plain.forward(x, training=True)
     np.testing.assert_array_equal(out_fused, out_plain)
@@ -354,6 +320,34 @@ def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, f
     for a, b in zip(fused.layers, plain.layers):
         for key in a.grads:
             np.testing.assert_array_equal(a.grads[key], b.grads[key])
+    return fused, plain
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
+       lanes=st.sampled_from(LANES))
+def test_fused_convolution_and_max_pooling_equal_the_two_layers(seed, size, channels, lanes):
+    """The fused step gives the pooled output, the winners and every gradient of conv2d then maxpool2d run
+    one after the other, to the bit (NaN included)."""
+    from numbacnn.layers.conv2d import ConvThenMaxPool
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        fused, plain = _fused_against_plain(f"conv2d({lanes},3) maxpool2d(2) flatten dense(3)",
+                                            (size, size, channels), seed, ConvThenMaxPool)
+        np.testing.assert_array_equal(fused.layers[1]._argmax, plain.layers[1]._argmax)
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
+       filters=st.sampled_from((6, 8, 16)), padding=st.sampled_from((0, 1, 2)))
+def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, filters, padding):
+    """conv2d then relu as one kernel: the output and every gradient of the two layers run one after the other,
+    to the bit (NaN included), also for filter counts that are not whole vectors (only the real ones stored)."""
+    from numbacnn.layers.conv2d import ConvThenReLU
+
+    _fused_against_plain(f"conv2d({filters},3,padding={padding}) relu conv2d(8,3,padding=1) flatten dense(3)",
+                         (size, size, channels), seed, ConvThenReLU)
 
 
 def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
