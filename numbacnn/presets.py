@@ -19,12 +19,14 @@ PRESETS = {
     # A quick one for smoke tests and first tries: one block and a classifier.
     "tiny": "conv2d(8,3) relu maxpool2d(2) flatten dense(10)",
     # A small residual network: a stem, then two residual blocks (the second halves the image and doubles the
-    # channels, through a projection on its skip), batch normalisation after every convolution.
-    "small-resnet": "conv2d(32,3,padding=same,bias=False) batchnorm2d relu maxpool2d(2) "
-                    "residual(conv2d(32,3,padding=same,bias=False) batchnorm2d relu "
-                    "conv2d(32,3,padding=same,bias=False) batchnorm2d) relu "
-                    "residual(conv2d(64,3,stride=2,padding=same,bias=False) batchnorm2d relu "
-                    "conv2d(64,3,padding=same,bias=False) batchnorm2d) relu "
+    # channels, through a projection on its skip), batch normalisation after every convolution. 48 and 96
+    # channels: with 32 and 64 it trained to 99.84% and tested at 99.57% on MNIST (mean of seeds 0-2) and
+    # 93.40% on Fashion-MNIST, where it underfits; 48 and 96 reached 99.66% and 93.58% (bench/README.md).
+    "small-resnet": "conv2d(48,3,padding=same,bias=False) batchnorm2d relu maxpool2d(2) "
+                    "residual(conv2d(48,3,padding=same,bias=False) batchnorm2d relu "
+                    "conv2d(48,3,padding=same,bias=False) batchnorm2d) relu "
+                    "residual(conv2d(96,3,stride=2,padding=same,bias=False) batchnorm2d relu "
+                    "conv2d(96,3,padding=same,bias=False) batchnorm2d) relu "
                     "maxpool2d(2) flatten dense(10)",
     # Built for time to 99%: one epoch reaches it. Batch normalisation (after the pooling, on a quarter of the
     # values) lets a high learning rate converge in one pass; 16 and 32 channels fill whole 16-float vectors.

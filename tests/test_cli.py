@@ -133,7 +133,7 @@ def test_summary_of_small_resnet():
     result = run("summary", "-m", "small-resnet")
     assert result.exit_code == 0, result.output
     assert "residual" in result.output and "non-trainable" in result.output
-    assert table_row(result.output, "7.skip")[2] == "(7, 7, 64)"
+    assert table_row(result.output, "7.skip")[2] == "(7, 7, 96)"
 
 
 def test_models_lists_every_preset_with_its_recipe():
