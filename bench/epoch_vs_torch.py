@@ -4,8 +4,8 @@
 
 Both use the same architecture, batch size, optimiser (Adam 1e-3) and thread count, on the real training set
 (or its first --limit images); JIT compilation is paid before the clock starts. PyTorch runs in a fresh process
-of its own with its default settings (importing numbacnn sets OMP_WAIT_POLICY=PASSIVE, which PyTorch's OpenMP
-threads would otherwise inherit). Prints each repeat, the medians and the ratio.
+of its own with its default settings (importing numbacnn sets OMP_WAIT_POLICY and GOMP_SPINCOUNT for numba's
+OpenMP threads, which PyTorch's would otherwise inherit). Prints each repeat, the medians and the ratio.
 
 bench/bench_vs_epoch.py reuses the functions below.
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 
-USER_SET_OMP_WAIT_POLICY = "OMP_WAIT_POLICY" in os.environ  # read before numbacnn is imported
+# The OpenMP settings the user made (None: not made), read before numbacnn is imported and adds its own.
+USER_OPENMP = {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -28,8 +29,11 @@ import numpy as np  # noqa: E402
 def set_threads(threads: int | None) -> int:
     """Caps numbacnn's, PyTorch's and BLAS's threads at ``threads`` (default: numba's count); returns it."""
     import numba
-    import torch
     from threadpoolctl import threadpool_limits
+
+    from numbacnn.bench import import_torch
+
+    torch = import_torch()  # its OpenMP threads as in a process of its own
 
     threads = threads or numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(threads)
@@ -60,12 +64,16 @@ def numbacnn_epoch(spec, x, y, batch_size, seed):
 
 
 def torch_epoch_in_child(model: str, batch_size: int, threads: int, seed: int, data_dir=None,
-                         limit: int | None = None, keep_omp_wait_policy: bool = USER_SET_OMP_WAIT_POLICY) -> float:
+                         limit: int | None = None, openmp: dict | None = None) -> float:
     """Seconds for one PyTorch epoch of the named network ``model``, measured in a fresh process with the
-    environment as the user had it (OMP_WAIT_POLICY only when ``keep_omp_wait_policy``)."""
+    environment as the user had it: the OpenMP settings of ``openmp`` (default: those this process started
+    with), none of numbacnn's."""
     env = dict(os.environ)
-    if not keep_omp_wait_policy:
-        env.pop("OMP_WAIT_POLICY", None)
+    for name, value in (USER_OPENMP if openmp is None else openmp).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     command = [sys.executable, __file__, "--torch-child", "--model", model, "--batch-size", str(batch_size),
                "--threads", str(threads), "--seed", str(seed)]
     if data_dir:

@@ -355,7 +355,7 @@ def torch_contender(model: Sequential, images: np.ndarray, labels: np.ndarray, b
     (Adam at its default rate, cross-entropy) on the same batches of the host ``images`` (laid out NCHW); the
     reason, as a string, when that is not possible."""
     try:
-        torch = _import_torch()
+        torch = import_torch()
     except ImportError:
         return "PyTorch is not installed (pip install 'numbacnn[bench]')"
     if model.device.asynchronous and not torch.cuda.is_available():
@@ -401,25 +401,26 @@ def torch_contender(model: Sequential, images: np.ndarray, labels: np.ndarray, b
                                                           "threads": torch.get_num_threads()}
 
 
-def _import_torch():
-    """PyTorch as it runs in a process of its own: its OpenMP threads start without the wait policy that
-    importing numbacnn sets for numba's (PASSIVE, which made PyTorch's steps here slower than in its own
-    process); a policy the user set stays. Where PyTorch is already imported, it stays as it is."""
+def import_torch():
+    """PyTorch as it runs in a process of its own: its OpenMP threads start without the settings that importing
+    numbacnn makes for numba's (``numbacnn.OPENMP_SETTINGS``: a PASSIVE wait policy had made PyTorch's steps
+    here slower than in its own process); settings the user made stay. Where PyTorch is already imported, it
+    stays as it is."""
     import os
     import sys
 
-    from . import USER_OMP_WAIT_POLICY
+    from . import USER_OPENMP_SETTINGS
 
-    if "torch" in sys.modules or USER_OMP_WAIT_POLICY is not None:
+    if "torch" in sys.modules:
         import torch
 
         return torch
-    numbacnn_policy = os.environ.pop("OMP_WAIT_POLICY", None)
+    numbacnn_made = {name: os.environ.pop(name) for name, value in USER_OPENMP_SETTINGS.items()
+                     if value is None and name in os.environ}
     try:
         import torch
     finally:
-        if numbacnn_policy is not None:
-            os.environ["OMP_WAIT_POLICY"] = numbacnn_policy
+        os.environ.update(numbacnn_made)
     return torch
 
 
