@@ -111,8 +111,8 @@ def test_filters_one_panel_per_convolution_showing_its_weights(model, tmp_path):
 def test_filters_reach_into_blocks():
     net = numbacnn.Sequential(numbacnn.PRESETS["small-resnet"]).build()
     titles = [ax.get_title() for ax in panels(filters_figure(net))]
-    assert titles[0] == "1 conv2d: 32 filters of 3x3x1" and len(titles) == 6
-    assert "7.skip conv2d: 64 filters of 1x1x32" in titles
+    assert titles[0] == "1 conv2d: 48 filters of 3x3x1" and len(titles) == 6
+    assert "7.skip conv2d: 96 filters of 1x1x48" in titles
 
 
 def test_filters_of_a_network_without_convolutions_is_an_error():
