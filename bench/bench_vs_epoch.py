@@ -18,10 +18,10 @@ from pathlib import Path
 if str(Path(__file__).parent) not in sys.path:  # loaded from elsewhere (the timing test) rather than run
     sys.path.insert(0, str(Path(__file__).parent))
 
-import epoch_vs_torch  # noqa: E402  (first: it reads the user's OpenMP settings before numbacnn adds its own)
-
 import argparse  # noqa: E402
 import statistics  # noqa: E402
+
+import epoch_vs_torch  # noqa: E402
 
 # The bench agrees with real epochs when its ratio is within this share of theirs.
 AGREEMENT = 0.2

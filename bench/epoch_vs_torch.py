@@ -12,18 +12,14 @@ bench/bench_vs_epoch.py reuses the functions below.
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
+import subprocess
+import sys
+import time
 
-# The OpenMP settings the user made (None: not made), read before numbacnn is imported and adds its own.
-USER_OPENMP = {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def set_threads(threads: int | None) -> int:
@@ -66,10 +62,12 @@ def numbacnn_epoch(spec, x, y, batch_size, seed):
 def torch_epoch_in_child(model: str, batch_size: int, threads: int, seed: int, data_dir=None,
                          limit: int | None = None, openmp: dict | None = None) -> float:
     """Seconds for one PyTorch epoch of the named network ``model``, measured in a fresh process with the
-    environment as the user had it: the OpenMP settings of ``openmp`` (default: those this process started
-    with), none of numbacnn's."""
+    environment as the user had it: the OpenMP settings of ``openmp`` (default: the user's, as
+    ``numbacnn.USER_OPENMP_SETTINGS`` recorded them before adding its own), none of numbacnn's."""
+    from numbacnn import USER_OPENMP_SETTINGS
+
     env = dict(os.environ)
-    for name, value in (USER_OPENMP if openmp is None else openmp).items():
+    for name, value in (USER_OPENMP_SETTINGS if openmp is None else openmp).items():
         if value is None:
             env.pop(name, None)
         else:

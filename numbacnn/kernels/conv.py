@@ -12,9 +12,10 @@ zeros, with the filters turned half a circle and their channel axes swapped. The
 each into its own partial sum; the partial sums are then added in chunk order, so the bits do not depend on how
 many threads ran.
 
-Inputs are padded copies (``pad``) so that the kernels never test a border. Only float32 arrays whose filter
-count (or, for the input gradient, channel count) is a whole number of vectors take these kernels; ``plan``
-says whether a layer's geometry does.
+Inputs are padded copies (``pad_into``) so that the kernels never test a border. The kernels work on whole
+vectors of filters; where a layer's filters (or, for the input gradient, its channels) do not fill them, zero
+filters are added to the weights, and the arrays with the real channel count are read and written through
+partial vector loads and stores (``simd.load_first*``, ``simd.store_first``).
 """
 
 from __future__ import annotations
@@ -117,12 +118,9 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
             if FO == g.F:
                 src(f"store(out, oi + {p * FO + v * L}, {value})")
             else:  # the last filters are the zero ones added to fill whole vectors: not stored
-                src(f"if {FO} - f0 - {v * L} >= {L}:")
+                src(f"if lanes_{v} > 0:")
                 with src.indent():
-                    src(f"store(out, oi + {p * FO + v * L}, {value})")
-                src(f"elif {FO} - f0 - {v * L} > 0:")
-                with src.indent():
-                    src(f"store_first(out, oi + {p * FO + v * L}, {value}, {FO} - f0 - {v * L})")
+                    src(f"store_first(out, oi + {p * FO + v * L}, {value}, lanes_{v})")
 
 
 def _module(generator: str, intrinsics: str, comments: list, signature: str) -> Source:
@@ -159,6 +157,7 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
             src(f"for fb in range({g.F // (L * b.FV)}):")
             with src.indent():
                 src(f"f0 = fb * {L * b.FV}")
+                _lane_counts(src, g, L, b.FV, FO)
                 if full:
                     src(f"for blk in range({full}):")
                     with src.indent():
@@ -293,8 +292,7 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels:
                 src(f"t1 = min(t0 + {tile}, last)")
                 src(f"for f0 in range(0, {g.F}, {L * fv}):")
                 with src.indent():
-                    if FD != g.F:  # how many lanes of each dy vector are dy's own channels
-                        src(*(f"lanes_{v} = min({L}, max(0, {FD} - f0 - {v * L}))" for v in range(fv)))
+                    _lane_counts(src, g, L, fv, FD)
                     if full:
                         src(f"for kb in range({full}):")
                         with src.indent():
@@ -305,6 +303,14 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels:
                         _weight_grad_block(src, g, L, tail, fv, FD)
                     _bias_grad_block(src, g, L, fv, FD)
     return src.text()
+
+
+def _lane_counts(src: Source, g: Geometry, L: int, fv: int, channels: int) -> None:
+    """Where an array has fewer ``channels`` than the kernel's ``g.F`` filters: ``lanes_v``, how many lanes of
+    filter vector v (from ``f0``) are that array's own channels (the rest are the zero filters added to fill
+    whole vectors), for its partial loads or stores."""
+    if channels != g.F:
+        src(*(f"lanes_{v} = min({L}, max(0, {channels} - f0 - {v * L}))" for v in range(fv)))
 
 
 def _dy_vector(g: Geometry, v: int, L: int, FD: int, index: str) -> str:

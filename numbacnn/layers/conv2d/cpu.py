@@ -134,12 +134,18 @@ def fuses_max_pool(conv, pool) -> bool:
     if pool.window != (2, 2) or pool.strides != (2, 2):
         return False
     oh, ow, filters = conv.out_shape
-    return generated.takes(filters) and oh >= 2 and ow >= 2 and fuses_relu(conv, None)
+    return generated.takes(filters) and oh >= 2 and ow >= 2 and _runs_generated(conv)
 
 
 def fuses_relu(conv, relu) -> bool:
     """Whether ``conv`` applies the ReLU after it in its own kernel: a float32 convolution that the generated
     kernels run."""
+    return _runs_generated(conv)
+
+
+def _runs_generated(conv) -> bool:
+    """Whether the model's convolution ``conv`` runs the generated kernels (as ``generated_geometry`` decides
+    for its arrays)."""
     oh, ow, filters = conv.out_shape
     kh, kw = conv._kernel
     return (conv.dtype == np.float32 and generated_kernels_enabled()
