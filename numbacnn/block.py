@@ -26,8 +26,9 @@ from .layer import Layer, Shape
 def run_order(layers: list[Layer]) -> list:
     """The order a chain of layers runs in: as written, except where a layer declares that the one written
     just before it runs just after it (``Layer.moves_ahead_of``: max pooling, for a ReLU), and where two
-    layers in a row run as one step (``Layer.fused_with``). Outputs and gradients are exactly those of the
-    order as written. The layers keep the shapes they were built with, as the summary shows them."""
+    layers in a row run as one step (``Layer.fused_with``). Training outputs and gradients are exactly those of
+    the order as written (outside training a convolution with batch normalisation folded into its filters
+    agrees to float32 rounding). The layers keep the shapes they were built with, as the summary shows them."""
     order = list(layers)
     for i in range(len(order) - 1):
         if type(order[i]) in order[i + 1].moves_ahead_of:

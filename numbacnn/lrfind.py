@@ -19,6 +19,7 @@ from .errors import NumbacnnError
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import Optimizer, make_optimizer
+from .steps import stored_images, take_batch
 from .train import epoch_order
 
 SMOOTHING = 0.9  # of the loss's running average: about ten steps, so the curve lags the rate by little
@@ -51,10 +52,10 @@ def copy_network(model: Sequential) -> Sequential:
 def lr_find(model: Sequential, images: np.ndarray, labels: np.ndarray, *, optimizer: str | Optimizer = "adam",
             start: float = 1e-7, end: float = 10.0, steps: int = 200, batch_size: int = 64, seed: int = 0,
             loss_fn: SoftmaxCrossEntropy | None = None) -> LrFind:
-    """Trains a copy of ``model`` on prepared ``images`` and integer ``labels`` for ``steps`` batches, the
-    rate growing exponentially from ``start`` to ``end``; ``model`` itself is not changed. ``optimizer``: a
-    name, or an optimiser whose kind and settings (not its state) are used. ``NumbacnnError`` (one sentence)
-    when the loss diverges within the first steps."""
+    """Trains a copy of ``model`` on ``images`` (prepared, or uint8 pixels, as ``fit`` takes them) and integer
+    ``labels`` for ``steps`` batches, the rate growing exponentially from ``start`` to ``end``; ``model`` itself
+    is not changed. ``optimizer``: a name, or an optimiser whose kind and settings (not its state) are used.
+    ``NumbacnnError`` (one sentence) when the loss diverges within the first steps."""
     _check_range(start, end, steps)
     if len(images) == 0:
         raise NumbacnnError("There are no images to search with; check --limit.")
@@ -63,7 +64,7 @@ def lr_find(model: Sequential, images: np.ndarray, labels: np.ndarray, *, optimi
     config.pop("lr", None)
     opt = make_optimizer(**config, lr=start)
     loss_fn = loss_fn or SoftmaxCrossEntropy(net.device)
-    x_all = net.device.to_device(np.ascontiguousarray(images, dtype=net.dtype))
+    x_all = stored_images(images, net.device, net.dtype)
     batch_size = min(batch_size, len(images))
     batches = len(images) // batch_size
     rates = start * (end / start) ** (np.arange(steps) / max(steps - 1, 1))
@@ -74,7 +75,7 @@ def lr_find(model: Sequential, images: np.ndarray, labels: np.ndarray, *, optimi
         for step, rate in enumerate(rates):
             epoch, b = divmod(step, batches)
             rows = epoch_order(seed, epoch + 1, len(images))[b * batch_size:(b + 1) * batch_size]
-            loss, dlogits, _ = loss_fn(net.forward(net.device.take(x_all, rows), training=True), labels[rows])
+            loss, dlogits, _ = loss_fn(net.forward(take_batch(net.device, x_all, rows, net.dtype), training=True), labels[rows])
             net.backward(dlogits)
             opt.lr = float(rate)
             opt.step(net)

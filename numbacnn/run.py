@@ -409,7 +409,8 @@ def _run(net, optimizer, state, settings: RunSettings, data: DataSet, outputs, r
                 "augment": settings.augment, "validation": settings.validation,
                 "data": data.spec.as_metadata(), "history": state.history, **(extra or {})}
 
-    board = _tensorboard_log(settings, group, len(x_train), x_val[0] if len(x_val) else x_train[0])
+    board = _tensorboard_log(settings, group, len(x_train), x_val[0] if len(x_val) else
+                             training.prepare_images(x_train[:1])[0])
     scale = [state.lr_scale]
 
     def end_of_epoch(result):
@@ -487,12 +488,13 @@ def _say_what_the_monitors_did(reporter: Reporter, settings: RunSettings, state:
 
 
 def _training_images(settings: RunSettings, data: DataSet):
-    """((train images, labels), (validation images, labels)), prepared, as ``settings`` split them."""
+    """((train images, labels), (validation images, labels)) as ``settings`` split them: the training images
+    as uint8 pixels, which the steps prepare a batch at a time (``numbacnn.steps.stored_images``), the
+    validation images prepared."""
     images, labels = data.split("train")
     (x_train, y_train), (x_val, y_val) = training.split_validation(images, labels, settings.validation,
                                                                    settings.limit)
-    return ((training.prepare_images(x_train), y_train.astype(np.int64)),
-            (training.prepare_images(x_val), y_val.astype(np.int64)))
+    return (x_train, y_train.astype(np.int64)), (training.prepare_images(x_val), y_val.astype(np.int64))
 
 
 def prepared(data: DataSet, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,8 @@ from .losses import SoftmaxCrossEntropy, resolve_class_weights
 from .model import Sequential
 from .monitor import check_monitoring, out_of_patience, plateau_update
 from .optim import Optimizer
-from .steps import Stepper, make_stepper
+# prepare_images lives with the steps that use it; numbacnn.train.prepare_images stays where it was.
+from .steps import Stepper, make_stepper, prepare_images, stored_images  # noqa: F401
 
 
 @dataclass
@@ -110,15 +111,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         return "Ctrl-C" if self.signal == signal.SIGINT else signal.Signals(self.signal).name
 
 
-def prepare_images(images: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """uint8 images (N, H, W) or (N, H, W, C) as floats in [0, 1], channels last."""
-    x = np.asarray(images)
-    if x.ndim == 3:
-        x = x[..., None]
-    # One pass (the cast happens inside the division): three copies of 60,000 images took a second.
-    return np.divide(x, dtype(255), out=np.empty(x.shape, dtype), dtype=dtype)
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The shuffled order of the ``n`` training images in ``epoch``: a function of the seed and the epoch
     only, so a resumed run, or any process of a parallel one, draws the same order."""
@@ -149,7 +141,9 @@ def fit(
     on_epoch: Callable[[EpochResult], None] | None = None,
     group: distributed.Group | None = None,
 ) -> list[EpochResult]:
-    """Trains ``model`` (built) on prepared ``images`` and integer ``labels``; returns the epochs it ran.
+    """Trains ``model`` (built) on ``images`` and integer ``labels``; returns the epochs it ran. ``images``:
+    prepared (floats in [0, 1], as ``prepare_images`` makes them), or their uint8 pixels (N, H, W, C), which
+    are prepared a batch at a time, with the same result and a quarter of the memory.
 
     The data is copied to the model's device once; per batch only the loss and the count of right answers
     come back (on one GPU not even those: they are summed there, and read to be shown and at the end of an
@@ -204,9 +198,8 @@ def fit(
         _check_loss(loss, diverged_loss, run.epoch, batch, optimizer)
 
     # The data is copied to the device once; the stepper suits the device (see numbacnn.steps).
-    stepper = make_stepper(model, optimizer, loss_fn, device.to_device(
-        images.astype(model.dtype, copy=False)), labels, batch_size, augment=augment, seed=seed,
-        on_loss=check_loss, group=group)
+    stepper = make_stepper(model, optimizer, loss_fn, stored_images(images, device, model.dtype), labels,
+                           batch_size, augment=augment, seed=seed, on_loss=check_loss, group=group)
     results = []
     # Overflow warnings (from worker threads too, which np.errstate does not reach) would only repeat what
     # the divergence check says in one sentence.
@@ -316,7 +309,7 @@ def check_training_data(model: Sequential, images, labels, what: str = "training
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise SpecError(f"The {what} labels hold {bad}, but the network scores classes 0 to {classes - 1}; give "
                         f"labels in that range, or end the network in dense(N) for N classes.")
-    if not np.isfinite(images).all():
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():  # pixels are always finite
         raise SpecError(f"The {what} images hold NaN or infinite values; give finite pixel values (from 0 to 1, "
                         f"as prepare_images makes them).")
 

@@ -350,6 +350,28 @@ def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, f
                          (size, size, channels), seed, ConvThenReLU)
 
 
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), size=st.integers(4, 9), filters=st.sampled_from((6, 8, 16)),
+       after=st.sampled_from(("", "relu", "maxpool2d(2)", "relu maxpool2d(2)")), bias=st.booleans())
+def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, after, bias):
+    """conv2d then batchnorm2d (then a ReLU or max pooling) as one step: while training, and for the gradients
+    of saliency maps, the layers' own outputs and gradients to the bit; outside training, with the normalisation
+    folded into the filters, the same outputs to float32 rounding."""
+    from numbacnn.block import forward_chain_for_gradients
+    from numbacnn.layers.conv2d import ConvThenBatchNorm
+
+    if "maxpool" in after and not conv.takes(filters):
+        filters = 16  # pooling fuses with whole vectors of filters only
+    spec = (f"conv2d({filters},3,padding=1,bias={bias}) batchnorm2d {after} conv2d(8,3,padding=1) flatten "
+            f"dense(3)")
+    fused, plain = _fused_against_plain(spec, (size, size, 3), seed, ConvThenBatchNorm)
+    assert len(fused.execution_order[0].parts) == 3 if after in ("relu", "maxpool2d(2)") else 2
+    x = np.random.default_rng(seed + 1).standard_normal((4, size, size, 3)).astype(np.float32)
+    np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(forward_chain_for_gradients(fused.execution_order, x),
+                                  forward_chain_for_gradients(plain.execution_order, x))
+
+
 def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
     from numbacnn.layers.conv2d import ConvThenMaxPool
     from numbacnn.model import Sequential

@@ -44,6 +44,16 @@ def test_the_search_trains_a_copy_and_suggests_a_rate_where_the_loss_falls():
     assert found.smoothed.min() < 0.5 * found.smoothed[0]  # the blobs are learned on the way
 
 
+def test_uint8_pixels_search_as_the_prepared_images_do():
+    images, labels = blobs()
+    pixels = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    model = numbacnn.Sequential(SPEC, (8, 8, 1)).build(seed=0)
+    prepared = lr_find(model, numbacnn.prepare_images(pixels), labels, steps=40, batch_size=16)
+    raw = lr_find(model, pixels, labels, steps=40, batch_size=16)
+    np.testing.assert_array_equal(prepared.losses, raw.losses)
+    assert prepared.losses.std() > 0
+
+
 def test_the_same_search_twice_gives_the_same_curve():
     images, labels = blobs()
     model = numbacnn.Sequential(SPEC, (8, 8, 1)).build(seed=1)

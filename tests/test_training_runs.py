@@ -65,6 +65,20 @@ def _ctrl_c():
 
 
 @pytest.mark.data
+def test_uint8_pixels_train_to_the_bit_as_the_prepared_images_do(datasets_dir):
+    """fit keeps uint8 pixels as they are and prepares each batch as it gathers it: the same run, bit for bit,
+    as one on the prepared images, with augmentation and a short last batch."""
+    images, labels = load_dataset("mnist", "train", data_dir=datasets_dir)
+    pixels, y = images[:300, :, :, None], labels[:300].astype(np.int64)
+    runs = []
+    for x in (prepare_images(pixels), pixels):
+        model, optimizer, augment = _fresh()
+        history = fit(model, optimizer, x, y, augment=augment, epochs=2, batch_size=64, seed=5)
+        runs.append((_arrays(model), [(h.loss, h.accuracy) for h in history]))
+    assert pixels.dtype == np.uint8 and _same_arrays(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+@pytest.mark.data
 @pytest.mark.parametrize("where", ["at the end of epoch 1", "in epoch 2 after 3 batches"])
 def test_a_resumed_run_equals_the_run_that_never_stopped_bit_for_bit(mnist_bits, tmp_path, where):
     train, val = mnist_bits

@@ -8,6 +8,7 @@ import numpy as np
 
 from ...initializers import he_normal
 from ...layer import Layer, as_config_value, check_bool, check_int, check_pair, check_padding, filter_geometry
+from ..batchnorm2d import BatchNorm2D
 from ..maxpool2d import MaxPool2D
 from ..relu import ReLU
 
@@ -103,13 +104,20 @@ class Conv2D(Layer):
 
     def fused_with(self, following):
         """Where this device's kernels can (the CPU's generated kernels), the layer written right after the
-        convolution runs in the same kernel: 2x2 max pooling with stride 2 (``ConvThenMaxPool``) or a ReLU
-        (``ConvThenReLU``)."""
+        convolution runs in the same kernel: 2x2 max pooling with stride 2 (``ConvThenMaxPool``), a ReLU
+        (``ConvThenReLU``), or, outside training, batch normalisation (``ConvThenBatchNorm``)."""
         if isinstance(following, MaxPool2D) and self._kernels_fuse("fuses_max_pool", following):
             return ConvThenMaxPool(self, following)
         if isinstance(following, ReLU) and self._kernels_fuse("fuses_relu", following):
             return ConvThenReLU(self, following)
+        if type(following) is BatchNorm2D and self._kernels_fuse("fuses_batchnorm", following):
+            return ConvThenBatchNorm(self, following)
         return None
+
+    def _fuses(self, following) -> bool:
+        """Whether this convolution's kernel can also do ``following``: a ReLU, or 2x2 max pooling."""
+        return (isinstance(following, ReLU) and self._kernels_fuse("fuses_relu", following)
+                or isinstance(following, MaxPool2D) and self._kernels_fuse("fuses_max_pool", following))
 
     def _kernels_fuse(self, which: str, following) -> bool:
         fuses = getattr(self.kernels, which, None)
@@ -135,8 +143,8 @@ class Conv2D(Layer):
 
 class _ConvThen:
     """A convolution and the layer after it, run as one step of a model's run order (see ``block.run_order``).
-    Outputs and gradients are exactly those of the two layers run one after the other; both stay in the model
-    as they were built (the summary and the pictures show them apart, and a feature-map picture runs them one
+    Outputs and gradients are exactly those of the layers run one after the other (but for the folded batch
+    normalisation of ``ConvThenBatchNorm`` outside training); they stay in the model as they were built (the summary and the pictures show them apart, and a feature-map picture runs them one
     by one)."""
 
     def __init__(self, conv: Conv2D, following: Layer):
@@ -203,3 +211,69 @@ class ConvThenMaxPool(_ConvThen):
         conv._x = x if training else None
         pool._argmax, pool._relu_out = (argmax if training else None), None
         return out
+
+
+class ConvThenBatchNorm(_ConvThen):
+    """A convolution, the batch normalisation after it and, where the convolution's kernel can do it too, the
+    ReLU or 2x2 max pooling after that. While training the layers run one after the other, exactly as written:
+    the batch's statistics are known only once the convolution is done. Outside training the normalisation is
+    a fixed scale and shift per channel, folded into the filters and the bias, and one kernel does it all: the
+    full-size feature maps are neither written nor read again. Its outputs then agree with the layers run
+    apart to float32 rounding, not to the bit (the scale multiplies the filters before the sum, not the sum)."""
+
+    name = "conv2d+batchnorm2d"
+
+    def __init__(self, conv: Conv2D, batchnorm: BatchNorm2D, after: Layer | None = None):
+        super().__init__(conv, after or batchnorm)
+        self.batchnorm, self.after = batchnorm, after
+
+    @property
+    def parts(self) -> tuple[Layer, ...]:
+        return (self.conv, self.batchnorm) + ((self.after,) if self.after is not None else ())
+
+    def fused_with(self, following):
+        if self.after is None and self.conv._fuses(following):
+            return ConvThenBatchNorm(self.conv, self.batchnorm, following)
+        return None
+
+    def forward(self, x, *, training=False):
+        if training:
+            return self._apart(x, lambda layer, y: layer.forward(y, training=True))
+        conv, after = self.conv, self.after
+        weight, bias = self._folded()
+        args = (x, weight, bias, *conv._strides_and_padding())
+        conv._x = self.batchnorm._x = None
+        if isinstance(after, MaxPool2D):
+            out = after.result("out", (x.shape[0], *after.out_shape), False)
+            argmax = after.buffer("argmax", out.shape, np.int32)
+            conv.kernels.conv2d_forward_max_pooled(*args, conv.out_shape, out, argmax)
+            after._argmax, after._relu_out = None, None
+            return out
+        out = self.following.result("out", (x.shape[0], *conv.out_shape), False)
+        (conv.kernels.conv2d_forward_relu if after is not None else conv.kernels.conv2d_forward)(*args, out)
+        return out
+
+    def forward_for_gradients(self, x):
+        return self._apart(x, lambda layer, y: layer.forward_for_gradients(y))
+
+    def _apart(self, x, run):
+        for layer in self.parts:
+            x = run(layer, x)
+        return x
+
+    def backward(self, dy):
+        if self.after is not None:
+            dy = self.after.backward(dy)
+        return self.conv.backward(self.batchnorm.backward(dy))
+
+    def _folded(self):
+        """The filters and bias of the convolution with the normalisation by the running statistics in them:
+        each filter times its channel's scale, weight / sqrt(running variance + eps), and each bias
+        (bias - running mean) * scale + shift."""
+        conv, bn = self.conv, self.batchnorm
+        mean, inv_std = bn.buffer("mean", (bn.channels,)), bn.buffer("inv_std", (bn.channels,))
+        bn.kernels.running_statistics(bn.state["running_mean"], bn.state["running_var"], bn.eps, mean, inv_std)
+        scale = inv_std * bn.params["weight"]
+        weight = np.multiply(conv.params["weight"], scale, out=conv.buffer("folded_weight", conv.params["weight"].shape))
+        bias = conv.bias_or_zeros(conv.filters) - mean
+        return weight, np.multiply(bias, scale, out=bias) + bn.params["bias"]

@@ -143,6 +143,12 @@ def fuses_relu(conv, relu) -> bool:
     return _runs_generated(conv)
 
 
+def fuses_batchnorm(conv, batchnorm) -> bool:
+    """Whether ``conv`` takes the batch normalisation after it into its filters outside training: a float32
+    convolution that the generated kernels run."""
+    return _runs_generated(conv)
+
+
 def _runs_generated(conv) -> bool:
     """Whether the model's convolution ``conv`` runs the generated kernels (as ``generated_geometry`` decides
     for its arrays)."""
