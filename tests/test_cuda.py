@@ -13,6 +13,7 @@ import pytest
 
 from conftest import cuda_examples, require_cuda
 from test_augment import mix32  # the hash in NumPy: an independent check of the device arithmetic
+from test_layers import reference_mask  # dropout's documented mask, which the CPU makes too
 
 cuda = require_cuda()
 
@@ -247,14 +248,6 @@ def test_avgpool2d_matches_cpu(case, seed):
 
 
 # -- dropout --------------------------------------------------------------------------------------------------
-
-
-def reference_mask(seed: int, size: int, rate: float, dtype) -> np.ndarray:
-    """The mask ``apply_mask`` should apply for a generator seeded with ``seed``."""
-    seed_a, seed_b = (np.uint64(s) for s in np.random.default_rng(seed).integers(0, 2**32, size=2))
-    hashes = mix32(mix32(np.arange(size, dtype=np.uint64) ^ seed_a) ^ seed_b)
-    keep = hashes >= np.uint64(int(rate * 2**32))
-    return np.where(keep, np.dtype(dtype).type(1.0 / (1.0 - rate)), np.dtype(dtype).type(0))
 
 
 def mask_of(seeds, shape, rate: float, dtype, first: int = 0) -> np.ndarray:

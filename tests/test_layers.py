@@ -9,10 +9,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numbacnn.layer import Layer, as_config_value
 from numbacnn.testing import CHECKS, LayerCase, NothingChecked, check_layer, image_shapes, parametrize_with_checks
+from test_augment import mix32  # the hash in NumPy: an independent check of the kernels' arithmetic
 
 # -- hyperparameter and shape strategies for the built-in layers ------------------------------------------
 
@@ -313,3 +315,32 @@ def test_devices_check_on_the_cuda_simulator():
     assert run.returncode == 0, run.stderr
     assert "flatten: {'devices': 'passed'}" in run.stdout
     assert "cannot be built for cuda" in run.stdout and "test_layers.cuda" in run.stdout
+
+
+# -- dropout's mask ------------------------------------------------------------------------------------------
+
+
+def reference_mask(seed: int, size: int, rate: float, dtype) -> np.ndarray:
+    """The mask ``apply_mask`` should apply (on the CPU and the GPU) for a generator seeded with ``seed``."""
+    seed_a, seed_b = (np.uint64(s) for s in np.random.default_rng(seed).integers(0, 2**32, size=2))
+    hashes = mix32(mix32(np.arange(size, dtype=np.uint64) ^ seed_a) ^ seed_b)
+    keep = hashes >= np.uint64(int(rate * 2**32))
+    return np.where(keep, np.dtype(dtype).type(1.0 / (1.0 - rate)), np.dtype(dtype).type(0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=st.sampled_from([(1,), (3, 7), (2, 3, 3, 2), (64, 1600)]), rate=st.sampled_from([0.1, 0.5, 0.9]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32), first=st.integers(0, 1))
+def test_dropout_mask_on_the_cpu_is_the_documented_hash(shape, rate, dtype, seed, first):
+    """The CPU makes the GPU's masks (tests/test_cuda.py checks those against the same reference); a process
+    holding rows ``first``... of the batch applies the mask's rows from there."""
+    from numbacnn.layers.dropout import cpu as dropout_cpu
+
+    seeds = dropout_cpu.draw_mask(np.random.default_rng(seed), shape, rate, np.dtype(dtype), "cpu")
+    rows = max(shape[0] - first, 0)
+    ones, out = np.ones((rows, *shape[1:]), dtype), np.full((rows, *shape[1:]), np.nan, dtype)
+    dropout_cpu.apply_mask(ones, seeds, first, rate, out)
+    expected = reference_mask(seed, int(np.prod(shape)), rate, dtype)[first * int(np.prod(shape[1:])):]
+    np.testing.assert_array_equal(out.reshape(-1), expected)
+    if expected.size >= 10_000:
+        assert abs((expected > 0).mean() - (1 - rate)) < 0.02

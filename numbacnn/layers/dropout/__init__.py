@@ -32,8 +32,8 @@ class Dropout(Layer):
             self._mask = None
             return x
         # In a data-parallel run the mask is drawn for the whole batch and each process keeps its rows, so
-        # every example gets the mask it gets in a one-process run. The mask itself on the CPU; on the GPU
-        # the seeds it is made from, inside the kernel that applies it.
+        # every example gets the mask it gets in a one-process run. What is kept is the seeds the mask is made
+        # from, inside the kernel that applies it (the same masks on the CPU and the GPU).
         self._first, total = self.batch_part or (0, x.shape[0])
         self._mask = self.kernels.draw_mask(self._rng, (total, *x.shape[1:]), self.rate, self.dtype, self.device)
         out = self.result("out", x.shape)

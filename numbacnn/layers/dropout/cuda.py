@@ -4,8 +4,7 @@ The mask is made on the device, inside the multiply that applies it, not drawn o
 each element hashes its own index with two 32-bit seeds taken from the layer's generator, and is kept when
 the hash reaches a threshold. That costs no host work, no transfer, no mask array and no extra launch per
 step, and it stays deterministic: the same seed gives the same masks on any GPU and in the simulator, and
-the backward pass makes the same mask again from the same seeds. The masks are not those the CPU draws (a
-different generator), only their distribution is the same.
+the backward pass makes the same mask again from the same seeds. The CPU makes the same masks (cpu.py).
 """
 
 import numpy as np
