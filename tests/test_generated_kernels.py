@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -50,6 +50,37 @@ def _vector_ops8(a, b, c, out):
     simd.store(out, 32, simd.select(simd.greater(va, vb), va, vb))
     simd.store(out, 40, simd.broadcast8(simd.lane(vc, 3)))
     simd.store(out, 48, simd.zero8())
+
+
+@settings(max_examples=2, deadline=None)  # each phase of each geometry compiles its own kernel
+@given(k=st.integers(1, 4), stride=st.just(2), pads=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+       extra=st.integers(0, 1), size=st.tuples(st.integers(4, 9), st.integers(4, 9)),
+       channels=st.sampled_from((1, 3, 16)), filters=st.sampled_from((6, 16)), seed=st.integers(0, 2**16))
+@example(k=4, stride=3, pads=(1, 2), extra=1, size=(9, 8), channels=3, filters=16, seed=0)  # three phases a way
+@example(k=1, stride=2, pads=(0, 0), extra=0, size=(5, 6), channels=16, filters=16, seed=0)  # a residual skip
+def test_a_strided_input_gradient_by_phases_matches_its_definition(k, stride, pads, extra, size, channels, filters,
+                                                                  seed):
+    """A strided convolution's input gradient, one stride-1 convolution per phase of rows and columns, against
+    the definition in float64: any filter size against the stride (1x1 filters leave phases no tap reaches),
+    borders on the top and left up to the filter's size less one, and outputs that do or do not reach the
+    last input rows."""
+    pad_top, pad_left = min(pads[0], k - 1), min(pads[1], k - 1)
+    h, w = size
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, h, w, channels)).astype(np.float32)
+    weights = rng.standard_normal((k, k, channels, filters)).astype(np.float32)
+    oh, ow = (h + pad_top + extra - k) // stride + 1, (w + pad_left + extra - k) // stride + 1
+    dy = rng.standard_normal((2, oh, ow, filters)).astype(np.float32)
+    dw, db, dx = np.empty_like(weights), np.empty(filters, np.float32), np.full_like(x, np.nan)
+    geometry = (stride, stride, pad_top, pad_left)
+    assert cpu.generated_geometry(x, weights, *geometry, dy.shape) is not None
+    cpu.conv2d_backward(x, dy, weights, *geometry, dw, db, dx)
+    want = np.zeros((2, h + pad_top + k + stride, w + pad_left + k + stride, channels))
+    for i in range(k):
+        for j in range(k):
+            want[:, i:i + oh * stride:stride, j:j + ow * stride:stride] += np.einsum(
+                "nhwf,cf->nhwc", dy.astype(np.float64), weights[i, j].astype(np.float64))
+    _close(dx, want[:, pad_top:pad_top + h, pad_left:pad_left + w], want)
 
 
 @pytest.mark.parametrize("lanes", LANES)
@@ -350,7 +381,7 @@ def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, f
                          (size, size, channels), seed, ConvThenReLU)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2**16), size=st.integers(4, 9), filters=st.sampled_from((6, 8, 16)),
        after=st.sampled_from(("", "relu", "maxpool2d(2)", "relu maxpool2d(2)")), bias=st.booleans())
 def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, after, bias):

@@ -471,20 +471,6 @@ def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db:
 
 
 @njit(parallel=True, cache=True)
-def dilate_into(dy, step_h, step_w, top, left, out):
-    """out = zeros, with dy[n, i, j] at out[n, top + i * step_h, left + j * step_w]: the output gradient of a
-    strided convolution spread out to the input's grid, so that its input gradient is a stride-1 convolution.
-    Channels that ``out`` has beyond dy's stay zero."""
-    N, H, W, F = dy.shape
-    for n in prange(N):
-        out[n] = 0.0
-        for i in range(H):
-            for j in range(W):
-                for f in range(F):
-                    out[n, top + i * step_h, left + j * step_w, f] = dy[n, i, j, f]
-
-
-@njit(parallel=True, cache=True)
 def add_in_order(partial, dw, db):
     """dw = partial[0, :K] + partial[1, :K] + ..., db the same of the last row, in that order for every element."""
     K, F = dw.shape  # partial may hold more filters (zero ones added to fill whole vectors): left out

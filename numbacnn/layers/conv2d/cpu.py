@@ -11,6 +11,7 @@ In the direct kernels the innermost loop runs over a contiguous channel axis so 
 """
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -216,41 +217,85 @@ def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
     generated.weight_grad(xp, dy, g, dw, db)
     if dx is None:
         return
+    wide = _with_channels(w, g.F, "conv_w_wide")
+    if g.SH > 1 or g.SW > 1:
+        return _input_grad_by_phases(dy, wide, g, pad_top, pad_left, dx)
     gx = _input_grad_geometry(g, dx.shape, pad_top, pad_left)
     if gx is None:
-        conv2d_backward_input_direct(dy, transpose_last(w), g.SH, g.SW, pad_top, pad_left, dx)
-        return
-    _input_grad(dy, _with_channels(w, g.F, "conv_w_wide"), g, gx, pad_top, pad_left, dx)
+        return conv2d_backward_input_direct(dy, transpose_last(w), 1, 1, pad_top, pad_left, dx)
+    _input_grad(dy, wide, g, gx, g.KH - 1 - pad_top, g.KW - 1 - pad_left, dx, "conv_dy_padded")
 
 
-def _input_grad(dy, w, g, gx, pad_top, pad_left, dx):
-    """dx from dy and the filters ``w`` (``g.F`` of them: dy's, with zero ones added to fill whole vectors),
-    ``dx`` having the filters' channels (``gx.F`` of them are computed: zero ones added, not stored)."""
-    # dx is the stride-1 convolution of dy bordered by (KH - 1 - pad) zeros with the filters turned around; a
-    # strided convolution's dy is first spread out to every stride-th row and column (zeros between).
-    dyp = scratch("conv_dy_padded", (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)
-    top, left = g.KH - 1 - pad_top, g.KW - 1 - pad_left
-    if g.SH == g.SW == 1:
-        generated.pad_into(dy, top, left, dyp)
-    else:
-        generated.dilate_into(dy, g.SH, g.SW, top, left, dyp)
-    w_turned = scratch("conv_w_turned", (g.KH, g.KW, g.F, gx.F), w.dtype)
-    w_turned[..., g.C:] = 0
-    generated.flipped(w, w_turned[..., :g.C])
+def _input_grad(dy, w, g, gx, top, left, dx, name):
+    """dx = the stride-1 convolution of dy, bordered by ``top`` and ``left`` zero rows and columns (or cut
+    where negative) to gx's (HP, WP), with the filters ``w`` turned around: a stride-1 convolution's input
+    gradient, or one phase of a strided one's (``_input_grad_by_phases``). ``w`` has ``g.F`` filters (dy's,
+    with zero ones added to fill whole vectors); ``dx`` has w's channels (``gx.F`` of them are computed: zero
+    ones added, not stored). ``name``: the scratch array for the bordered dy."""
+    dyp = scratch(name, (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)
+    generated.pad_into(dy, top, left, dyp)
+    w_turned = scratch(name + "_w", (gx.KH, gx.KW, g.F, gx.F), w.dtype)
+    w_turned[..., w.shape[2]:] = 0
+    generated.flipped(w, w_turned[..., :w.shape[2]])
     no_bias = scratch("conv_no_bias", (gx.F,), dx.dtype)
     no_bias[:] = 0
     # Only dy's own rows (not its zero border) hold anything: the taps on the others are skipped.
-    generated.forward(dyp, w_turned, no_bias, gx, dx, rows=(top, top + (dy.shape[1] - 1) * g.SH + 1))
+    generated.forward(dyp, w_turned, no_bias, gx, dx, rows=(top, top + dy.shape[1]))
+
+
+class _Phase(NamedTuple):
+    """The input rows (or columns) of one phase of a strided convolution's input gradient: those at
+    ``first``, ``first`` + stride, ... (``count`` of them), which only the taps ``tap``, ``tap`` + stride, ...
+    (``taps`` of them) reach, from output rows ``q0``, ``q0`` + 1, ... ."""
+
+    tap: int
+    taps: int
+    first: int
+    count: int
+    q0: int
+
+
+def _phase(tap: int, stride: int, kernel: int, pad: int, size: int) -> _Phase:
+    """Input position i = q * stride + tap - pad is reached by output q and taps tap, tap + stride, ...: the
+    outputs q that land inside the input make the phase's rows."""
+    q0 = -((tap - pad) // stride)  # the first q with i >= 0
+    q1 = (size - 1 + pad - tap) // stride + 1  # one past the last q with i < size
+    return _Phase(tap, len(range(tap, kernel, stride)), q0 * stride + tap - pad, max(0, q1 - q0), q0)
+
+
+def _input_grad_by_phases(dy, w, g, pad_top, pad_left, dx):
+    """dx of a strided convolution, one phase at a time: the input rows i with (i + pad_top) % SH == r take
+    only the taps r, r + SH, ... of each filter, so a phase (of rows and of columns) is a stride-1 convolution
+    of dy with that part of the filters, turned around. No tap meets the zeros that dy spread out to the
+    input's grid would hold between its rows and columns (three in four of them at stride 2). A phase that
+    no tap reaches (a 1x1 filter's odd rows) is zero."""
+    N, H, W, C = dx.shape
+    for rh in range(g.SH):
+        rows = _phase(rh, g.SH, g.KH, pad_top, H)
+        for rw in range(g.SW):
+            cols = _phase(rw, g.SW, g.KW, pad_left, W)
+            target = dx[:, rows.first::g.SH, cols.first::g.SW]
+            if target.size == 0:
+                continue
+            if rows.taps == 0 or cols.taps == 0:
+                target[...] = 0
+                continue
+            gx = generated.Geometry(rows.count + rows.taps - 1, cols.count + cols.taps - 1, g.F, rows.taps,
+                                    cols.taps, padded_channels(C), 1, 1, rows.count, cols.count)
+            part = scratch(f"conv_dx_phase_{rh}_{rw}", (N, rows.count, cols.count, C), dx.dtype)
+            _input_grad(dy, w[rh::g.SH, rw::g.SW], g, gx, rows.taps - 1 - rows.q0, cols.taps - 1 - cols.q0, part,
+                        f"conv_dy_phase_{rh}_{rw}")
+            target[...] = part
 
 
 def _input_grad_geometry(g, dx_shape, pad_top, pad_left):
-    """The generated forward kernel's geometry for the input gradient (its output channels rounded up to whole
-    vectors), or None where it does not apply (a border wider than a filter)."""
+    """The generated forward kernel's geometry for a stride-1 convolution's input gradient (its output channels
+    rounded up to whole vectors), or None where it does not apply (a border wider than a filter)."""
     N, H, W, C = dx_shape
     if pad_top > g.KH - 1 or pad_left > g.KW - 1:
         return None
-    if (g.OH - 1) * g.SH + g.KH - pad_top > H + g.KH - 1 or (g.OW - 1) * g.SW + g.KW - pad_left > W + g.KW - 1:
-        return None  # the spread-out gradient would not fit the input's grid
+    if g.OH - pad_top > H or g.OW - pad_left > W:
+        return None  # the bordered gradient would not fit the input's grid
     return generated.Geometry(H + g.KH - 1, W + g.KW - 1, g.F, g.KH, g.KW, padded_channels(C), 1, 1, H, W)
 
 
