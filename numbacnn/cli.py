@@ -64,7 +64,7 @@ OptimizerName = _choices("OptimizerName", OPTIMIZERS)
 LABEL_SMOOTHING = typer.Option(
     None, "--label-smoothing", metavar="EPS",
     help="Train against targets smoothed towards all classes: (1 - EPS) on the true class and EPS spread evenly, "
-         "0 <= EPS < 1, as PyTorch's label_smoothing (default: 0, none).",
+         "0 <= EPS < 1, as PyTorch's label_smoothing (default: the network's recipe, else 0, none).",
 )
 CLASS_WEIGHT = typer.Option(
     None, "--class-weight", metavar="balanced|W0,W1,...",
@@ -508,7 +508,7 @@ def list_models():
     from .presets import DATASET_RECIPES, preset_recipe
 
     headers = ["name", "parameters", "epochs", "batch", "optimiser", "lr", "schedule", "augment", "validation",
-               "layers"]
+               "smoothing", "layers"]
     rows = []
     for name, spec in PRESETS.items():
         size = f"{Sequential(spec).build().count_params():,}"
@@ -518,12 +518,13 @@ def list_models():
             lr = "default" if recipe.lr is None else f"{recipe.lr:g}"
             rows.append([name if dataset is None else f"{name} -d {dataset}", size, str(recipe.epochs),
                          str(recipe.batch_size), recipe.optimizer, lr, recipe.schedule, recipe.augment,
-                         f"{_validation_size(None, recipe.validation):,}", spec if dataset is None else "the same"])
+                         f"{_validation_size(None, recipe.validation):,}", f"{recipe.label_smoothing:g}",
+                         spec if dataset is None else "the same"])
 
     def lines(row):
-        name, size, epochs, batch, optimiser, lr, schedule, augment, validation, layers = row
+        name, size, epochs, batch, optimiser, lr, schedule, augment, validation, smoothing, layers = row
         recipe = (f"{_count(int(epochs), 'epoch')}, batch {batch}, {optimiser}, lr {lr}, {schedule} schedule, "
-                  f"augment {augment}, validation {validation}")
+                  f"augment {augment}, validation {validation}, label smoothing {smoothing}")
         return [f"{name}: {size} parameters", f"recipe: {recipe}", f"layers: {layers}"]
 
     _print_rows(headers, rows, fold="layers", lines=lines)

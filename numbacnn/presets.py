@@ -48,15 +48,19 @@ class Recipe:
     schedule: str = "cosine"
     augment: str = "none"
     validation: int | None = None  # images held out for validation; None: the command's default
+    label_smoothing: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 RECIPES = {
-    # Measured: batch 64 and no dropout reached 99.56% where batch 128 with dropout(0.25) reached 99.53%, and
-    # adding rotations and scaling to the shifts did not help (bench/README.md).
-    "small-resnet": Recipe(epochs=15, batch_size=64, lr=2e-3, schedule="cosine", augment="shift=2"),
+    # Measured on seeds 0, 1, 2: 99.64%, 99.67%, 99.62%, where shifts alone, with 5,000 images held out and the
+    # epoch kept by validation, reached 99.66%, 99.59%, 99.42%: rotations and scaling (which did not help the
+    # narrower network that stopped at its best validation epoch) with label smoothing 0.1, and the last epoch
+    # of all 60,000 images (bench/README.md).
+    "small-resnet": Recipe(epochs=15, batch_size=64, lr=2e-3, schedule="cosine",
+                           augment="shift=2,rotate=10,scale=0.1", validation=0, label_smoothing=0.1),
     # Measured on seeds 0, 1, 2: 99.03%, 99.11%, 99.12% after one epoch on all 60,000 images (no validation
     # pass to pay for) with a one-cycle rate peaking at 8e-3; batch 128 reached 98.89% (bench/README.md).
     "fast": Recipe(epochs=1, batch_size=64, lr=8e-3, schedule="onecycle", validation=0),
@@ -66,9 +70,9 @@ RECIPES = {
 # Where a network is trained differently on one data set: (network, data set) -> its recipe there.
 DATASET_RECIPES = {
     # This network underfits Fashion-MNIST: shifts of one pixel reached 93.05% where two reached 92.44% (flips
-    # added: 92.86%; none: 92.17%), and all 60,000 images with no validation pass 93.40%; its best epoch by
-    # validation was the last one anyway (bench/README.md).
-    ("small-resnet", "fashion-mnist"): replace(RECIPES["small-resnet"], augment="shift=1", validation=0),
+    # added: 92.86%; none: 92.17%), and all 60,000 images with no validation pass 93.40% with 32 and 64
+    # channels, 93.58% and 93.56% (seeds 0, 1) with 48 and 96 (bench/README.md); no label smoothing.
+    ("small-resnet", "fashion-mnist"): replace(RECIPES["small-resnet"], augment="shift=1", label_smoothing=0.0),
 }
 
 

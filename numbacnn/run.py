@@ -309,7 +309,7 @@ def _new_run(config: RunConfig, data: DataSet):
         seed=seed,
         limit=config.limit,
         data=None if data.spec.builtin else data.spec.as_metadata(),
-        **_habits(config),
+        **_habits(config, recipe),
     )
     from .monitor import check_monitoring
 
@@ -323,9 +323,9 @@ def _new_run(config: RunConfig, data: DataSet):
     return net, optimizer, training.RunState(), settings
 
 
-def _habits(config: RunConfig) -> dict[str, Any]:
-    """The RunSettings of the loss, patience, plateau and TensorBoard options, checked: a ``NumbacnnError``
-    in one sentence for a value out of range."""
+def _habits(config: RunConfig, recipe) -> dict[str, Any]:
+    """The RunSettings of the loss, patience, plateau and TensorBoard options (the label smoothing: the
+    option, else the ``recipe``'s), checked: a ``NumbacnnError`` in one sentence for a value out of range."""
     from .losses import check_smoothing, parse_class_weights
 
     weights = config.class_weight
@@ -336,7 +336,8 @@ def _habits(config: RunConfig) -> dict[str, Any]:
 
         weights = check_class_weights(weights)
     return {
-        "label_smoothing": check_smoothing(config.label_smoothing or 0.0),
+        "label_smoothing": check_smoothing(recipe.label_smoothing if config.label_smoothing is None
+                                           else config.label_smoothing),
         "class_weight": weights if weights in (None, "balanced") else list(weights),
         "patience": config.patience,
         "plateau_factor": PLATEAU_FACTOR if config.plateau_factor is None else config.plateau_factor,
@@ -409,8 +410,8 @@ def _run(net, optimizer, state, settings: RunSettings, data: DataSet, outputs, r
                 "augment": settings.augment, "validation": settings.validation,
                 "data": data.spec.as_metadata(), "history": state.history, **(extra or {})}
 
-    board = _tensorboard_log(settings, group, len(x_train), x_val[0] if len(x_val) else
-                             training.prepare_images(x_train[:1])[0])
+    board = _tensorboard_log(settings, group, len(x_train), training.prepare_images((x_val if len(x_val) else
+                                                                                  x_train)[:1])[0])
     scale = [state.lr_scale]
 
     def end_of_epoch(result):
@@ -448,14 +449,14 @@ def _run(net, optimizer, state, settings: RunSettings, data: DataSet, outputs, r
     if not group.is_root:
         return None
     best, _ = checkpoint.load(outputs.path, device=net.device.name)
-    x_test, y_test = prepared(data, "test")
-    test_loss, test_accuracy = training.evaluate(best, x_test, y_test)
+    pixels, labels = data.split("test")  # evaluate prepares them a chunk at a time
+    test_loss, test_accuracy = training.evaluate(best, pixels, labels.astype(np.int64))
     state.history[state.best_epoch - 1].update(test_loss=test_loss, test_accuracy=test_accuracy)
     outputs.save_best(best, metadata({"test_loss": test_loss, "test_accuracy": test_accuracy}))
     outputs.write_metrics(state.history)
     outputs.finish()
     result = RunResult(outputs.path, outputs.metrics_path, dataset, state.best_epoch, len(state.history),
-                       state.best_accuracy, test_loss, test_accuracy, len(x_test), state.history)
+                       state.best_accuracy, test_loss, test_accuracy, len(pixels), state.history)
     reporter.finished(result)
     return result
 
@@ -488,13 +489,12 @@ def _say_what_the_monitors_did(reporter: Reporter, settings: RunSettings, state:
 
 
 def _training_images(settings: RunSettings, data: DataSet):
-    """((train images, labels), (validation images, labels)) as ``settings`` split them: the training images
-    as uint8 pixels, which the steps prepare a batch at a time (``numbacnn.steps.stored_images``), the
-    validation images prepared."""
+    """((train images, labels), (validation images, labels)) as ``settings`` split them, the images as uint8
+    pixels: ``fit`` and ``evaluate`` prepare them a batch at a time (``numbacnn.steps.stored_images``)."""
     images, labels = data.split("train")
     (x_train, y_train), (x_val, y_val) = training.split_validation(images, labels, settings.validation,
                                                                    settings.limit)
-    return (x_train, y_train.astype(np.int64)), (training.prepare_images(x_val), y_val.astype(np.int64))
+    return (x_train, y_train.astype(np.int64)), (x_val, y_val.astype(np.int64))
 
 
 def prepared(data: DataSet, split: str) -> tuple[np.ndarray, np.ndarray]:

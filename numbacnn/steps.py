@@ -53,8 +53,12 @@ def stored_images(images: np.ndarray, device, dtype) -> np.ndarray:
 
 def take_batch(device, images, rows: np.ndarray, dtype):
     """The images ``rows`` of ``images`` (kept by ``stored_images``) as floats of ``dtype`` on ``device``."""
-    x = device.take(images, rows)
-    return prepare_images(x, dtype) if x.dtype == np.uint8 else x
+    return as_floats(device.take(images, rows), dtype)
+
+
+def as_floats(images, dtype):
+    """``images`` as floats of ``dtype``: uint8 pixels prepared (``prepare_images``), floats as they are."""
+    return prepare_images(images, dtype) if images.dtype == np.uint8 else images.astype(dtype, copy=False)
 
 
 class Stepper:

@@ -26,7 +26,7 @@ from .model import Sequential
 from .monitor import check_monitoring, out_of_patience, plateau_update
 from .optim import Optimizer
 # prepare_images lives with the steps that use it; numbacnn.train.prepare_images stays where it was.
-from .steps import Stepper, make_stepper, prepare_images, stored_images  # noqa: F401
+from .steps import Stepper, as_floats, make_stepper, prepare_images, stored_images  # noqa: F401
 
 
 @dataclass
@@ -152,9 +152,9 @@ def fit(
     "onecycle" (up to the optimiser's learning rate over the first fifth of the run, then down to zero), or
     "plateau" (the optimiser's rate, multiplied by ``plateau_factor`` after ``plateau_patience`` epochs in a row
     without a lower validation loss, as Keras's ReduceLROnPlateau).
-    ``validation``: prepared (images, labels) scored after every epoch; the best epoch, ``stop_at`` (end
-    the run after the first epoch whose validation accuracy reaches it) and ``patience`` (end it after that
-    many epochs in a row without a better validation accuracy, as Keras's EarlyStopping) go by it.
+    ``validation``: (images, labels) scored after every epoch, the images as for training; the best epoch,
+    ``stop_at`` (end the run after the first epoch whose validation accuracy reaches it) and ``patience`` (end
+    it after that many epochs in a row without a better validation accuracy, as Keras's EarlyStopping) go by it.
     ``label_smoothing`` and ``class_weight`` (None, "balanced", one weight per class, or a dict of class to
     weight, the others 1) shape the training loss as PyTorch's CrossEntropyLoss does (see
     ``numbacnn.losses``); the accuracy, and the validation loss, stay unweighted and unsmoothed.
@@ -390,11 +390,12 @@ def _one_cycle(t: float) -> float:
 
 
 def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_size: int = 250) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on prepared ``images`` and integer ``labels``."""
+    """(mean loss, accuracy) of ``model`` on ``images`` (prepared, or uint8 pixels, as ``fit`` takes them) and
+    integer ``labels``."""
     loss_fn = SoftmaxCrossEntropy(model.device)
     total_loss, correct = 0.0, 0
     for start in range(0, len(images), batch_size):
-        x = model.device.to_device(images[start:start + batch_size].astype(model.dtype))
+        x = model.device.to_device(as_floats(images[start:start + batch_size], model.dtype))
         loss, _, right = loss_fn(model.forward(x), labels[start:start + batch_size])
         total_loss += loss * len(x)
         correct += right

@@ -143,9 +143,10 @@ def test_models_lists_every_preset_with_its_recipe():
     assert result.exit_code == 0, result.output
     for name in PRESETS:
         assert table_row(result.output, name)
-    assert table_row(result.output, "small-resnet")[2:9] == ["15", "64", "adam", "0.002", "cosine", "shift=2", "5,000"]
+    assert table_row(result.output, "small-resnet")[2:10] == ["15", "64", "adam", "0.002", "cosine",
+                                                              "shift=2,rotate=10,scale=0.1", "0", "0.1"]
     fashion = table_row(result.output, "small-resnet -d fashion-mnist")
-    assert fashion[2:9] == ["15", "64", "adam", "0.002", "cosine", "shift=1", "0"]
+    assert fashion[2:10] == ["15", "64", "adam", "0.002", "cosine", "shift=1", "0", "0"]
     assert table_row(result.output, "fast")[8] == "0"
 
 
@@ -153,7 +154,7 @@ def test_a_recipe_may_differ_by_data_set():
     from numbacnn.presets import preset_recipe
 
     fashion = preset_recipe("small-resnet", "fashion-mnist")
-    assert (fashion.augment, fashion.validation, fashion.epochs) == ("shift=1", 0, 15)
+    assert (fashion.augment, fashion.validation, fashion.epochs, fashion.label_smoothing) == ("shift=1", 0, 15, 0.0)
     assert preset_recipe("small-resnet", "mnist") == preset_recipe("small-resnet") == preset_recipe("small-resnet", None)
     assert preset_recipe("keras-convnet", "fashion-mnist") == preset_recipe("keras-convnet")
     assert preset_recipe(None, "fashion-mnist").augment == "none"
@@ -173,17 +174,22 @@ def test_a_named_network_brings_its_recipe_and_options_win(tmp_path, datasets_di
     common = ("--limit", 256, "--epochs", 1, "--data-dir", datasets_dir)
     recipe = run("train", "-m", "small-resnet", *common, "-o", tmp_path / "a.npz")
     assert recipe.exit_code == 0, recipe.output
-    assert "1 epoch of batch 64, adam lr 0.002 (cosine), augmentation shift=2" in recipe.output
+    assert "1 epoch of batch 64, adam lr 0.002 (cosine), augmentation shift=2,rotate=10,scale=0.1" in recipe.output
+    assert "label smoothing 0.1" in recipe.output and "(0 held out for validation)" in recipe.output
     _, meta = load_checkpoint(tmp_path / "a.npz")
-    assert meta["augment"] == "shift=2" and meta["lr"] == 0.002
+    assert meta["augment"] == "shift=2,rotate=10,scale=0.1" and meta["lr"] == 0.002
     flags = run("train", "-m", "small-resnet", *common, "--augment", "none", "--lr", "0.01", "--batch-size", 32,
                 "--schedule", "constant", "--validation", 100, "-o", tmp_path / "b.npz")
     assert flags.exit_code == 0, flags.output
     assert "1 epoch of batch 32, adam lr 0.01 (constant), augmentation none" in flags.output
+    assert "label smoothing" in flags.output  # the recipe's, as no option said otherwise
+    smooth = run("train", "-m", "small-resnet", *common, "--label-smoothing", 0, "-o", tmp_path / "s.npz")
+    assert smooth.exit_code == 0 and "label smoothing" not in smooth.output
     assert "256 images (100 held out for validation)" in flags.output
     fashion = run("train", "-m", "small-resnet", *common, "-d", "fashion-mnist", "-o", tmp_path / "c.npz")
     assert fashion.exit_code == 0, fashion.output
     assert "on fashion-mnist" in fashion.output and "augmentation shift=1," in fashion.output
+    assert "label smoothing" not in fashion.output
     assert "256 images (0 held out for validation)" in fashion.output
 
 
