@@ -26,7 +26,7 @@ from numbacnn.layers.avgpool2d import cpu as avgpool_cpu, cuda as avgpool_cuda  
 from numbacnn.layers.conv2d import Conv2D  # noqa: E402
 from numbacnn.layers.conv2d import cpu as conv_cpu, cuda as conv_cuda  # noqa: E402
 from numbacnn.layers.dense import cpu as dense_cpu, cuda as dense_cuda  # noqa: E402
-from numbacnn.layers.dropout import Dropout  # noqa: E402
+from numbacnn.layers.dropout import Dropout, mask_seeds  # noqa: E402
 from numbacnn.layers.dropout import cuda as dropout_cuda  # noqa: E402
 from numbacnn.layers.maxpool2d import cpu as maxpool_cpu, cuda as maxpool_cuda  # noqa: E402
 from numbacnn.layers.relu import cpu as relu_cpu, cuda as relu_cuda  # noqa: E402
@@ -251,17 +251,17 @@ def test_avgpool2d_matches_cpu(case, seed):
 
 
 def mask_of(seeds, shape, rate: float, dtype, first: int = 0) -> np.ndarray:
-    """The mask the GPU makes from ``seeds`` for rows ``first``... of a batch of ``shape``, applied to ones."""
+    """The mask the GPU makes from ``seeds`` for rows ``first``... of a batch of ``shape``, applied to ones
+    through the layer's own ``_masked``."""
+    layer = Dropout(rate)
+    layer.kernels, layer._mask, layer._first = dropout_cuda, seeds, first
     ones = GPU.to_device(np.ones((shape[0] - first, *shape[1:]), dtype))
-    out = empty_gpu(ones.shape, dtype)
-    dropout_cuda.apply_mask(ones, seeds, first, rate, out)
-    return GPU.to_host(out)
+    return GPU.to_host(layer._masked(ones, empty_gpu(ones.shape, dtype)))
 
 
 def gpu_mask(seed: int, shape, rate: float, dtype, first: int = 0) -> np.ndarray:
     """The mask the GPU applies for a generator seeded with ``seed``."""
-    seeds = dropout_cuda.draw_mask(np.random.default_rng(seed), shape, rate, np.dtype(dtype), GPU)
-    return mask_of(seeds, shape, rate, dtype, first)
+    return mask_of(mask_seeds(np.random.default_rng(seed)), shape, rate, dtype, first)
 
 
 @settings(max_examples=cuda_examples(5), deadline=None)

@@ -334,12 +334,13 @@ def reference_mask(seed: int, size: int, rate: float, dtype) -> np.ndarray:
 def test_dropout_mask_on_the_cpu_is_the_documented_hash(shape, rate, dtype, seed, first):
     """The CPU makes the GPU's masks (tests/test_cuda.py checks those against the same reference); a process
     holding rows ``first``... of the batch applies the mask's rows from there."""
-    from numbacnn.layers.dropout import cpu as dropout_cpu
+    from numbacnn.layers.dropout import Dropout, cpu, mask_seeds
 
-    seeds = dropout_cpu.draw_mask(np.random.default_rng(seed), shape, rate, np.dtype(dtype), "cpu")
+    layer = Dropout(rate)
+    layer.kernels, layer._mask, layer._first = cpu, mask_seeds(np.random.default_rng(seed)), first
     rows = max(shape[0] - first, 0)
     ones, out = np.ones((rows, *shape[1:]), dtype), np.full((rows, *shape[1:]), np.nan, dtype)
-    dropout_cpu.apply_mask(ones, seeds, first, rate, out)
+    layer._masked(ones, out)
     expected = reference_mask(seed, int(np.prod(shape)), rate, dtype)[first * int(np.prod(shape[1:])):]
     np.testing.assert_array_equal(out.reshape(-1), expected)
     if expected.size >= 10_000:

@@ -256,6 +256,9 @@ class ConvThenBatchNorm(_ConvThen):
     def forward_for_gradients(self, x):
         return self._apart(x, lambda layer, y: layer.forward_for_gradients(y))
 
+    def __repr__(self) -> str:
+        return " ".join(repr(layer) for layer in self.parts)
+
     def _apart(self, x, run):
         for layer in self.parts:
             x = run(layer, x)

@@ -1,12 +1,11 @@
 """Dropout on the CPU: the mask holds 0 for a dropped input and 1 / (1 - rate) for a kept one.
 
-The mask is the GPU's (see cuda.py): each element hashes its own index in the batch with two 32-bit seeds
-from the layer's generator and is kept when the hash reaches a threshold, inside the multiply that applies it.
-No mask array is drawn or kept (drawing a float per element cost more than the multiply), the backward pass
-makes the same mask again from the same seeds, and a seed drops the same inputs on the CPU and the GPU.
+The mask is the GPU's (see cuda.py and ``mask_seeds``): each element hashes its own index in the batch with two
+32-bit seeds from the layer's generator and is kept when the hash reaches a threshold, inside the multiply
+that applies it. No mask array is drawn or kept (drawing a float per element cost more than the multiply), the
+backward pass makes the same mask again from the same seeds, and a seed drops the same inputs on both devices.
 """
 
-import numpy as np
 from numba import njit, prange
 
 MASK32 = 0xFFFFFFFF
@@ -34,15 +33,7 @@ def _apply_mask(a, first, seed_a, seed_b, threshold, keep_value, out):
         out[i] = a[i] * (keep_value if h >= threshold else zero)
 
 
-def draw_mask(rng: np.random.Generator, shape, rate: float, dtype, device):
-    """What makes this step's mask: two 32-bit seeds from the layer's generator (see the module docstring)."""
-    return tuple(int(s) for s in rng.integers(0, 2**32, size=2))
-
-
-def apply_mask(a, seeds, first: int, rate: float, out):
-    """out = a * mask, where ``a`` holds rows ``first``... of the batch the mask is for: element i of the
-    whole batch is kept (times 1 / (1 - rate)) when its hash reaches the threshold, with probability 1 - rate."""
-    if a.size:
-        threshold = int(rate * 2**32)  # h is uniform on [0, 2 ** 32): P(h >= threshold) = 1 - rate
-        offset = first * (a.size // a.shape[0])
-        _apply_mask(a.reshape(-1), offset, *seeds, threshold, out.dtype.type(1.0 / (1.0 - rate)), out.reshape(-1))
+def apply_mask(a, seeds, offset: int, threshold: int, keep, out):
+    """out = a * mask: element i of ``a`` is element ``offset`` + i of the batch the mask is for, kept (times
+    ``keep``) when its hash reaches ``threshold``."""
+    _apply_mask(a.reshape(-1), offset, *seeds, threshold, keep, out.reshape(-1))

@@ -7,7 +7,6 @@ step, and it stays deterministic: the same seed gives the same masks on any GPU 
 the backward pass makes the same mask again from the same seeds. The CPU makes the same masks (cpu.py).
 """
 
-import numpy as np
 from numba import cuda
 
 from ...cuda_kernels import THREADS, blocks_for, flat, kernel, zero_of
@@ -40,17 +39,7 @@ def _apply_mask(a, first, seed_a, seed_b, threshold, keep_value, zero, out):
         out[i] = a[i] * (keep_value if h >= threshold else zero)
 
 
-def draw_mask(rng: np.random.Generator, shape, rate: float, dtype, device):
-    """What makes this step's mask: two 32-bit seeds from the layer's generator. The mask itself is never
-    stored; ``apply_mask`` makes each element where it is used, forward and backward alike."""
-    return tuple(int(s) for s in rng.integers(0, 2**32, size=2))
-
-
-def apply_mask(a, seeds, first: int, rate: float, out):
-    """out = a * mask, where ``a`` holds rows ``first``... of the batch the mask is for: element i of the
-    whole batch is kept (times 1 / (1 - rate)) when its hash reaches the threshold, with probability 1 - rate."""
-    if a.size:
-        threshold = int(rate * 2**32)  # h is uniform on [0, 2 ** 32): P(h >= threshold) = 1 - rate
-        offset = first * (a.size // a.shape[0])
-        _apply_mask[blocks_for(a.size), THREADS](
-            flat(a), offset, *seeds, threshold, out.dtype.type(1.0 / (1.0 - rate)), zero_of(out), flat(out))
+def apply_mask(a, seeds, offset: int, threshold: int, keep, out):
+    """out = a * mask: element i of ``a`` is element ``offset`` + i of the batch the mask is for, kept (times
+    ``keep``) when its hash reaches ``threshold``."""
+    _apply_mask[blocks_for(a.size), THREADS](flat(a), offset, *seeds, threshold, keep, zero_of(out), flat(out))
