@@ -3,10 +3,11 @@
     python bench/kernel_profile.py -m keras-convnet --threads 2
 
 First measures the peak: a loop of 24 independent 16-lane FMAs per thread (numbacnn.kernels.simd), the most
-an AVX-512 processor does (on an AVX2 one the 16 lanes take two registers each and the figure is a lower bound). Then, for each convolution of the network at
-batch 128 (its real input shapes), times the generated forward kernel (fused with the max pooling or ReLU after it where
-the model fuses them), the weight-gradient kernel (with the bias gradient) and the whole backward pass (weight,
-bias and input gradients), each the median of 9 runs, in dense-equivalent GFLOP/s and as a share of the peak. Prints Markdown.
+an AVX-512 processor does (on an AVX2 one the 16 lanes take two registers each and the figure is a lower
+bound). Then, for each convolution of the network (inside residual blocks too, and their skip projections) at
+batch 128 (its real input shapes), times the forward step (its training pass, with the layers the model fuses
+it with), the weight-gradient kernel (with the bias gradient) and the whole backward pass (weight, bias and input
+gradients), each the median of 9 runs, in dense-equivalent GFLOP/s and as a share of the peak. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -73,29 +74,37 @@ def median_ms(run, repeats: int = 9) -> float:
     return statistics.median(times) * 1e3
 
 
+def convolutions(order, x, found: list) -> np.ndarray:
+    """Runs the steps of ``order`` on ``x`` (a training pass), adding (step, its input) to ``found`` for each
+    convolution, inside residual blocks too (their skip projections included); returns the output."""
+    for step in order:
+        if getattr(step, "holds_layers", False):
+            convolutions(step.execution_order, x, found)
+            if getattr(step, "projection", None) is not None:
+                found.append((step.projection, x))
+        elif isinstance(getattr(step, "conv", step), Conv2D):
+            found.append((step, x))
+        x = step.forward(x, training=True)
+    return x
+
+
 def rows_for(model: Sequential, batch: int, rng):
     """(name, milliseconds, GFLOP) of each generated kernel of ``model``'s convolutions."""
-    x = rng.random((batch, *model.input_shape)).astype(np.float32)
-    inputs = {}
-    for step in model.execution_order:
-        first = step.parts[0] if hasattr(step, "parts") else step
-        inputs[id(first)] = x
-        x = step.forward(x, training=True)
+    found = []
+    convolutions(model.execution_order, rng.random((batch, *model.input_shape)).astype(np.float32), found)
     rows = []
-    for step in model.execution_order:
+    for step, x in found:
         layer = getattr(step, "conv", step)  # a fused step's convolution
-        if not isinstance(layer, Conv2D):
-            continue
-        x = inputs[id(layer)]
         kh, kw, c, f = layer.params["weight"].shape
         oh, ow, _ = layer.out_shape
         flops = 2 * batch * oh * ow * kh * kw * c * f / 1e9
-        what = f"conv2d({f}, {kh}x{kw}) on {tuple(layer.in_shape)}"
-        rows.append((f"{what} forward{' + ' + step.following.name if step is not layer else ''}",
-                     median_ms(lambda: step.forward(x, training=True)), flops))
+        stride_h, stride_w, top, left = layer._strides_and_padding()
+        strided = f", stride {stride_h}" if (stride_h, stride_w) != (1, 1) else ""
+        what = f"conv2d({f}, {kh}x{kw}{strided}) on {tuple(layer.in_shape)}"
+        fused = "".join(f" + {part.name}" for part in getattr(step, "parts", (layer,))[1:])
+        rows.append((f"{what} forward{fused}", median_ms(lambda: step.forward(x, training=True)), flops))
         dy = rng.standard_normal((batch, oh, ow, f)).astype(np.float32)
         dw, db = np.empty_like(layer.params["weight"]), np.empty(f, np.float32)
-        stride_h, stride_w, top, left = layer._strides_and_padding()
         g = conv_cpu.generated_geometry(x, layer.params["weight"], stride_h, stride_w, top, left, dy.shape)
         if g is None:
             continue
