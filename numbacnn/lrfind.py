@@ -75,7 +75,8 @@ def lr_find(model: Sequential, images: np.ndarray, labels: np.ndarray, *, optimi
         for step, rate in enumerate(rates):
             epoch, b = divmod(step, batches)
             rows = epoch_order(seed, epoch + 1, len(images))[b * batch_size:(b + 1) * batch_size]
-            loss, dlogits, _ = loss_fn(net.forward(take_batch(net.device, x_all, rows, net.dtype), training=True), labels[rows])
+            x = take_batch(net.device, x_all, rows, net.dtype)
+            loss, dlogits, _ = loss_fn(net.forward(x, training=True), labels[rows])
             net.backward(dlogits)
             opt.lr = float(rate)
             opt.step(net)

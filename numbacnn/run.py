@@ -410,8 +410,8 @@ def _run(net, optimizer, state, settings: RunSettings, data: DataSet, outputs, r
                 "augment": settings.augment, "validation": settings.validation,
                 "data": data.spec.as_metadata(), "history": state.history, **(extra or {})}
 
-    board = _tensorboard_log(settings, group, len(x_train), training.prepare_images((x_val if len(x_val) else
-                                                                                  x_train)[:1])[0])
+    sample = (x_val if len(x_val) else x_train)[:1]  # the picture TensorBoard shows
+    board = _tensorboard_log(settings, group, len(x_train), training.prepare_images(sample)[0])
     scale = [state.lr_scale]
 
     def end_of_epoch(result):

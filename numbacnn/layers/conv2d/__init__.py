@@ -144,8 +144,8 @@ class Conv2D(Layer):
 class _ConvThen:
     """A convolution and the layer after it, run as one step of a model's run order (see ``block.run_order``).
     Outputs and gradients are exactly those of the layers run one after the other (but for the folded batch
-    normalisation of ``ConvThenBatchNorm`` outside training); they stay in the model as they were built (the summary and the pictures show them apart, and a feature-map picture runs them one
-    by one)."""
+    normalisation of ``ConvThenBatchNorm`` outside training); they stay in the model as they were built (the
+    summary and the pictures show them apart, and a feature-map picture runs them one by one)."""
 
     def __init__(self, conv: Conv2D, following: Layer):
         self.conv, self.following = conv, following
@@ -277,6 +277,7 @@ class ConvThenBatchNorm(_ConvThen):
         mean, inv_std = bn.buffer("mean", (bn.channels,)), bn.buffer("inv_std", (bn.channels,))
         bn.kernels.running_statistics(bn.state["running_mean"], bn.state["running_var"], bn.eps, mean, inv_std)
         scale = inv_std * bn.params["weight"]
-        weight = np.multiply(conv.params["weight"], scale, out=conv.buffer("folded_weight", conv.params["weight"].shape))
+        filters = conv.params["weight"]
+        weight = np.multiply(filters, scale, out=conv.buffer("folded_weight", filters.shape))
         bias = conv.bias_or_zeros(conv.filters) - mean
         return weight, np.multiply(bias, scale, out=bias) + bn.params["bias"]
