@@ -47,8 +47,7 @@ def stored_images(images: np.ndarray, device, dtype) -> np.ndarray:
     one-epoch run). Elsewhere they go over once, as floats of ``dtype``."""
     if images.dtype == np.uint8 and not device.asynchronous:
         return device.to_device(images)
-    floats = prepare_images(images, dtype) if images.dtype == np.uint8 else images.astype(dtype, copy=False)
-    return device.to_device(floats)
+    return device.to_device(as_floats(images, dtype))
 
 
 def take_batch(device, images, rows: np.ndarray, dtype):

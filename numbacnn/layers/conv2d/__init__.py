@@ -106,10 +106,8 @@ class Conv2D(Layer):
         """Where this device's kernels can (the CPU's generated kernels), the layer written right after the
         convolution runs in the same kernel: 2x2 max pooling with stride 2 (``ConvThenMaxPool``), a ReLU
         (``ConvThenReLU``), or, outside training, batch normalisation (``ConvThenBatchNorm``)."""
-        if isinstance(following, MaxPool2D) and self._kernels_fuse("fuses_max_pool", following):
-            return ConvThenMaxPool(self, following)
-        if isinstance(following, ReLU) and self._kernels_fuse("fuses_relu", following):
-            return ConvThenReLU(self, following)
+        if self._fuses(following):
+            return (ConvThenMaxPool if isinstance(following, MaxPool2D) else ConvThenReLU)(self, following)
         if type(following) is BatchNorm2D and self._kernels_fuse("fuses_batchnorm", following):
             return ConvThenBatchNorm(self, following)
         return None
