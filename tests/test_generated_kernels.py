@@ -3,7 +3,7 @@
 The vector intrinsics against NumPy (partial loads and stores included); the blocking's register budget; the generated convolutions against the
 generic ones: the forward pass to the bit where both add in the same order (the generic direct kernel), the
 gradients within float32 rounding of a float64 reference; the weight gradient to the bit on one thread and on
-two; and both vector widths (16 lanes with AVX-512, 8 otherwise), forced through NUMBACNN_SIMD_LANES.
+two, and its one-thread kernel to the bit against the one that runs chunks side by side; and both vector widths (16 lanes with AVX-512, 8 otherwise), forced through NUMBACNN_SIMD_LANES.
 """
 
 from __future__ import annotations
@@ -276,6 +276,36 @@ def test_weight_gradient_bits_do_not_depend_on_threads():
         numba.set_num_threads(before)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+@settings(max_examples=4, deadline=None)  # each geometry compiles two kernels
+@given(case=geometries(), batch=st.integers(1, 40), missing=st.integers(0, 5), seed=st.integers(0, 2**16))
+@example(case=(16, (1, 28, 28, 1, 48, 3, 1, 1)), batch=2, missing=0, seed=0)  # small-resnet's first layer
+@example(case=(8, (1, 9, 9, 16, 16, 3, 2, 1)), batch=1, missing=3, seed=0)  # chunks with no rows; 13 of 16 filters
+def test_the_one_thread_weight_gradient_is_the_side_by_side_one_to_the_bit(case, batch, missing, seed):
+    """The kernel for one thread adds each chunk's sums as it finishes; the other writes every chunk's partial
+    sums and adds them afterwards (``add_in_order``): the same additions in the same order. Output gradients
+    with fewer channels than the kernel's filters (the zero filters added to fill whole vectors) included."""
+    lanes, (_, h, w, c, f, k, stride, pad) = case
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        x, _, _, _, (n, oh, ow, _) = _case((batch, h, w, c, f, k, stride, pad), seed)
+        g = conv.Geometry(h + 2 * pad, w + 2 * pad, c, k, k, cpu.padded_channels(f), stride, stride, oh, ow)
+        xp = np.zeros((n, g.HP, g.WP, c), np.float32)
+        conv.pad_into(x, pad, pad, xp)
+        channels = max(1, f - missing)  # dy's channels: the kernel's filters beyond them are zero ones
+        dy = np.random.default_rng(seed + 1).standard_normal((n, oh, ow, channels)).astype(np.float32)
+        dy.reshape(-1)[::7] = -0.0  # signed zeros: 0.0 + -0.0 is 0.0, so where each sum starts shows
+        results = []
+        for one_thread in (True, False):
+            dw, db = np.full((k, k, c, channels), np.nan, np.float32), np.full(channels, np.nan, np.float32)
+            conv.weight_grad(xp, dy, g, dw, db, one_thread=one_thread)
+            results.append((dw, db))
+    for mine, theirs in zip(*results):
+        np.testing.assert_array_equal(mine.view(np.int32), theirs.view(np.int32))
+    _close(results[0][0], np.einsum("nhwcij,nhwf->ijcf", np.lib.stride_tricks.sliding_window_view(
+        xp.astype(np.float64), (k, k), axis=(1, 2))[:, ::stride, ::stride][:, :oh, :ow], dy.astype(np.float64)),
+        dy)
 
 
 def test_eight_filters_take_eight_lanes_on_a_wider_processor(monkeypatch):
