@@ -174,14 +174,21 @@ class Layer:
         None (the default): see ``numbacnn.block.run_order``."""
         return None
 
+    # Set while a model runs this layer outside training (``Sequential.forward``): its outputs are then read
+    # only by the next layer before this one runs again, so ``result`` may reuse their memory too.
+    reuses_outputs = False
+
     def result(self, name: str, shape, training: bool = True):
         """An array for a result this layer hands on (an output, an input gradient).
 
         While training, the same memory is reused every step, because on the CPU fresh pages for large
         activations cost more than the kernels that fill them: such a result stays valid until this layer's
-        next call of the same kind. Outside training every call gets a new array.
+        next call of the same kind. Outside training the same holds while a model runs the layer (its own
+        memory, apart from training's); called on its own, every call gets a new array.
         """
-        return self.buffer(name, shape) if training else self.device.empty(shape, self.dtype)
+        if training or self.reuses_outputs:
+            return self.buffer(name if training else f"{name}_outside_training", shape)
+        return self.device.empty(shape, self.dtype)
 
     def bias_or_zeros(self, size: int):
         """The ``bias`` parameter, or for a layer built without one, zeros made once on its device: kernels

@@ -80,6 +80,7 @@ class Sequential:
             # The first layer's input gradient is never used: skipping it saves its largest kernel.
             layer.needs_input_grad = i > 0
         self.execution_order = run_order(self.layers)
+        self._every_layer = [place.layer for place in walk(self.layers)]  # blocks' children too
         self.flat_params, self.flat_grads = self._gather("params"), self._gather("grads")
         self.built = True
         return self
@@ -114,10 +115,23 @@ class Sequential:
     # -- running ---------------------------------------------------------------------------------------------
 
     def forward(self, x, *, training: bool = False):
-        """The logits for the batch ``x`` of shape (N, *input_shape)."""
+        """The logits for the batch ``x`` of shape (N, *input_shape): while training in memory the next
+        training step reuses, else a new array. Outside training the layers reuse their outputs' memory from
+        call to call (``Layer.reuses_outputs``): fresh pages cost more than the kernels that fill them."""
         if tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"The model takes inputs of shape {self.input_shape}, got {tuple(x.shape[1:])}.")
-        return forward_chain(self.execution_order, x, training)
+        if training:
+            return forward_chain(self.execution_order, x, training)
+        for layer in self._every_layer:
+            layer.reuses_outputs = True
+        try:
+            logits = forward_chain(self.execution_order, x, training)
+        finally:
+            for layer in self._every_layer:
+                layer.reuses_outputs = False
+        mine = self.device.empty(logits.shape, logits.dtype)
+        self.device.copy_into(mine, logits)
+        return mine
 
     def set_batch_part(self, first: int, total: int) -> None:
         """Tells every layer that the batches it gets are rows ``first``... of batches of ``total`` rows (see
@@ -135,7 +149,7 @@ class Sequential:
         trainable arrays: a layer's ``state`` is not among them."""
         return [(layer.params[k], layer.grads[k]) for layer in self.layers for k in layer.params]
 
-    def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    def predict(self, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
         """Class probabilities for ``images`` (N, *input_shape), computed in batches."""
         out = []
         for start in range(0, len(images), batch_size):

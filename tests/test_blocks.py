@@ -244,3 +244,69 @@ def test_inference_leaves_state_alone_and_training_moves_it():
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(model.get_state(), before) for k in a)
     model.forward(x, training=True)
     assert not all(np.array_equal(a[k], b[k]) for a, b in zip(model.get_state(), before) for k in a)
+
+
+# -- residual blocks outside training: the skip added by the branch's last convolution -------------------------
+
+ADDING = ("conv2d(16,3,padding=same,bias=False) batchnorm2d relu maxpool2d(2) "
+          "residual(conv2d(16,3,padding=same,bias=False) batchnorm2d relu conv2d(16,3,padding=same,bias=False) "
+          "batchnorm2d) relu "
+          "residual(conv2d(32,3,stride=2,padding=same) relu conv2d(32,3,padding=same)) "
+          "residual(conv2d(32,3,padding=same,bias=False) batchnorm2d) relu flatten dense(10)")
+
+
+def test_a_residual_block_adds_its_skip_in_its_last_convolution_with_the_same_numbers(monkeypatch):
+    """Outside training the branch's last convolution (with its batch normalisation folded in, or plain) adds
+    the skip, and the ReLU written after the block where there is one, as it stores its values: the same bits
+    as the block's own addition and the ReLU run apart; training runs them apart."""
+    from numbacnn.layers.conv2d import cpu
+    from numbacnn.layers.residual import ResidualThenReLU
+
+    monkeypatch.setenv(cpu.KERNELS_ENV, "generated")
+    fused = trained_a_little(ADDING, steps=2)
+    kinds = [type(step) for step in fused.execution_order]
+    assert kinds.count(ResidualThenReLU) == 2 and kinds.count(Residual) == 1
+    assert all(block.adds_in_kernel for block in fused.layers if isinstance(block, Residual))
+    monkeypatch.setattr(Residual, "adds_in_kernel", property(lambda self: False))
+    apart = trained_a_little(ADDING, steps=2)
+    assert ResidualThenReLU not in [type(step) for step in apart.execution_order]
+    x = np.random.default_rng(5).random((6, 28, 28, 1), dtype=np.float32)
+    x[0, 3, 4, 0] = np.nan
+    np.testing.assert_array_equal(fused.forward(x), apart.forward(x))
+    for a, b in zip(fused.get_weights(), apart.get_weights()):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kernels", ["generated", "generic"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_the_convolution_that_adds_equals_the_three_kernels(monkeypatch, kernels, relu):
+    """``conv2d_forward_add_relu``, through the generated kernel or the generic kernels one after the other
+    (an input the model was not built for), against the convolution, the addition and the ReLU apart."""
+    from numbacnn.layers.conv2d import cpu
+
+    monkeypatch.setenv(cpu.KERNELS_ENV, kernels)
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((3, 9, 8, 5), dtype=np.float32), rng.standard_normal((3, 3, 5, 12), dtype=np.float32)
+    b, addend = rng.standard_normal(12, dtype=np.float32), rng.standard_normal((3, 9, 8, 12), dtype=np.float32)
+    got, want = np.empty_like(addend), np.empty_like(addend)
+    cpu.conv2d_forward_add_relu(x, w, b, 1, 1, 1, 1, addend, got, relu=relu)
+    cpu.conv2d_forward(x, w, b, 1, 1, 1, 1, want)
+    want = want + addend
+    np.testing.assert_array_equal(got, np.maximum(want, 0) if relu else want)
+
+
+def test_outside_training_a_model_reuses_its_layers_memory_and_hands_out_its_own_logits():
+    """A model's layers keep their outputs' memory from one evaluation to the next (fresh pages cost more than
+    the kernels); the logits the caller gets are its own, and a layer called on its own still gives new arrays."""
+    model = Sequential("conv2d(4,3) relu flatten dense(10)").build(seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((3, 28, 28, 1), dtype=np.float32), rng.random((3, 28, 28, 1), dtype=np.float32)
+    first = model.forward(x)
+    conv_out = model.layers[0]._buffer_out_outside_training
+    kept = first.copy()
+    second = model.forward(y)
+    assert model.layers[0]._buffer_out_outside_training is conv_out  # the same memory, new values
+    np.testing.assert_array_equal(first, kept)  # the caller's logits were not overwritten
+    assert not np.array_equal(first, second)
+    alone = model.layers[1]
+    assert not alone.reuses_outputs and alone.forward(x) is not alone.forward(x)

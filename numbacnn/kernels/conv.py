@@ -87,10 +87,11 @@ def choose_blocking(positions: int, filters: int, lanes: int, registers: int) ->
 
 
 def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool, rows: tuple[int, int],
-                   FO: int) -> None:
+                   FO: int, adds: bool = False) -> None:
     """Source for one block of ``count`` positions starting at ``ow0`` (a variable), filters from ``f0``; only
     the taps on the input rows ``rows`` (first, end) are added (the others are zero borders); the output has
-    ``FO`` channels (the first ``FO`` filters are stored)."""
+    ``FO`` channels (the first ``FO`` filters are stored); with ``adds``, each value plus ``addend``'s at the
+    same place before the ReLU."""
     L, FV = b.lanes, b.FV
     for v in range(FV):
         src(f"bias_{v} = load(bias, f0 + {v * L})")
@@ -115,7 +116,10 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
     src(f"oi = ((n * {g.OH} + oh) * {g.OW} + ow0) * {FO} + f0")
     for p in range(count):
         for v in range(FV):
-            value = f"relu(acc_{p}_{v})" if relu else f"acc_{p}_{v}"
+            value = f"acc_{p}_{v}"
+            if adds:
+                value = f"add({value}, {_dy_vector(g, v, L, FO, f'oi + {p * FO}', 'addend')})"
+            value = f"relu({value})" if relu else value
             if FO == g.F:
                 src(f"store(out, oi + {p * FO + v * L}, {value})")
             else:  # the last filters are the zero ones added to fill whole vectors: not stored
@@ -137,9 +141,10 @@ def _module(generator: str, intrinsics: str, comments: list, signature: str, par
 
 
 def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int, int] | None = None,
-                   out_channels: int | None = None) -> str:
-    """A module with ``kernel(x, w, bias, out, N)``: the convolution of the flat padded input ``x`` (N, HP, WP,
-    C) with the flat filters ``w`` plus ``bias``, into the flat ``out`` (N, OH, OW, F); with ``relu``, max(., 0).
+                   out_channels: int | None = None, adds: bool = False) -> str:
+    """A module with ``kernel(x, w, bias, out, N, addend)``: the convolution of the flat padded input ``x`` (N,
+    HP, WP, C) with the flat filters ``w`` plus ``bias``, plus with ``adds`` the flat ``addend`` (shaped as
+    ``out``; else it is not read), into the flat ``out`` (N, OH, OW, F); with ``relu``, max(., 0).
     ``rows`` (first, end): the only rows of ``x`` that are not zero borders, whose taps alone are added (all
     rows when None); the input gradient's zero-bordered output gradient skips a third of its work so.
     ``out_channels``: where less than F, ``out`` has that many channels and the filters after them (zero ones
@@ -148,10 +153,11 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
     rows = (0, g.HP) if rows is None else (max(0, rows[0]), min(g.HP, rows[1]))
     FO = g.F if out_channels is None else out_channels
     full, tail = divmod(g.OW, b.P)
-    src = _module("forward_source", f"load{L} as load, splat{L} as splat, store, store_first, fma, relu",
+    src = _module("forward_source", f"load{L} as load, load_first{L} as load_first, splat{L} as splat, store, "
+                  "store_first, fma, add, relu",
                   [g, b] + ([f"rows {rows[0]} to {rows[1]}"] if rows != (0, g.HP) else [])
-                  + ([f"{FO} output channels"] if FO != g.F else []),
-                  "kernel(x, w, bias, out, N)")
+                  + ([f"{FO} output channels"] if FO != g.F else []) + (["adds addend"] if adds else []),
+                  "kernel(x, w, bias, out, N, addend)")
     with src.indent():
         src(f"for row in prange(N * {g.OH}):")
         with src.indent():
@@ -164,10 +170,10 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
                     src(f"for blk in range({full}):")
                     with src.indent():
                         src(f"ow0 = blk * {b.P}")
-                        _forward_block(src, g, b, b.P, relu, rows, FO)
+                        _forward_block(src, g, b, b.P, relu, rows, FO, adds)
                 if tail:
                     src(f"ow0 = {full * b.P}")
-                    _forward_block(src, g, b, tail, relu, rows, FO)
+                    _forward_block(src, g, b, tail, relu, rows, FO, adds)
     return src.text()
 
 
@@ -428,8 +434,9 @@ def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD
 
 
 @lru_cache(maxsize=None)
-def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] | None, out_channels: int):
-    return load_module("conv_forward", forward_source(g, b, relu, rows, out_channels),
+def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] | None, out_channels: int,
+                    adds: bool):
+    return load_module("conv_forward", forward_source(g, b, relu, rows, out_channels, adds),
                        f"a convolution kernel for {_words(g)}").kernel
 
 
@@ -518,12 +525,14 @@ def pad_into(x, top, left, out):
 # -- the convolutions ----------------------------------------------------------------------------------------
 
 def forward(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray, relu: bool = False,
-            rows: tuple[int, int] | None = None) -> None:
-    """out = conv(xp, w) + b (max(., 0) with ``relu``), xp already padded to (HP, WP); with ``rows`` (first,
-    end), the rows of xp outside them are taken to be zero and skipped. ``out`` may have fewer channels than
-    ``w`` has filters (zero filters added to fill whole vectors): it gets the first ones."""
-    kernel = _forward_kernel(g, forward_blocking(g), relu, rows, out.shape[-1])
-    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0])
+            rows: tuple[int, int] | None = None, addend: np.ndarray | None = None) -> None:
+    """out = conv(xp, w) + b (+ ``addend``, shaped as ``out``; max(., 0) with ``relu``), xp already padded to
+    (HP, WP); with ``rows`` (first, end), the rows of xp outside them are taken to be zero and skipped. ``out``
+    may have fewer channels than ``w`` has filters (zero filters added to fill whole vectors): it gets the first
+    ones."""
+    kernel = _forward_kernel(g, forward_blocking(g), relu, rows, out.shape[-1], addend is not None)
+    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0],
+           out.reshape(-1) if addend is None else addend.reshape(-1))
 
 
 def forward_max_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray,

@@ -102,6 +102,20 @@ class Conv2D(Layer):
                                      workspace=self._workspace)
         return dx
 
+    @property
+    def adds_in_kernel(self) -> bool:
+        """Whether ``forward_adding`` runs as one kernel here (the CPU's generated kernels)."""
+        return self._kernels_fuse("fuses_residual_add", None)
+
+    def forward_adding(self, x, addend, out, relu: bool = False):
+        """Outside training, for a residual block whose last step this is: out = this layer's output for ``x``
+        plus ``addend`` (the skip), max(., 0) with ``relu`` (the ReLU after the block), in one kernel where
+        ``adds_in_kernel``; the same numbers as the three run apart."""
+        self.kernels.conv2d_forward_add_relu(x, self.params["weight"], self.bias_or_zeros(self.filters),
+                                             *self._strides_and_padding(), addend, out, relu=relu)
+        self._x = None
+        return out
+
     def fused_with(self, following):
         """Where this device's kernels can (the CPU's generated kernels), the layer written right after the
         convolution runs in the same kernel: 2x2 max pooling with stride 2 (``ConvThenMaxPool``), a ReLU
@@ -249,6 +263,20 @@ class ConvThenBatchNorm(_ConvThen):
             return out
         out = self.following.result("out", (x.shape[0], *conv.out_shape), False)
         (conv.kernels.conv2d_forward_relu if after is not None else conv.kernels.conv2d_forward)(*args, out)
+        return out
+
+    @property
+    def adds_in_kernel(self) -> bool:
+        """Whether ``forward_adding`` runs as one kernel here: with nothing after the normalisation, on the CPU."""
+        return self.after is None and self.conv.adds_in_kernel
+
+    def forward_adding(self, x, addend, out, relu: bool = False):
+        """Outside training, for a residual block whose last step this is (see ``Conv2D.forward_adding``): the
+        folded convolution plus ``addend``, max(., 0) with ``relu``, in one kernel."""
+        weight, bias = self._folded()
+        self.conv.kernels.conv2d_forward_add_relu(x, weight, bias, *self.conv._strides_and_padding(), addend, out,
+                                                  relu=relu)
+        self.conv._x = self.batchnorm._x = None
         return out
 
     def forward_for_gradients(self, x):

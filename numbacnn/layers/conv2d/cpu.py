@@ -150,6 +150,12 @@ def fuses_batchnorm(conv, batchnorm) -> bool:
     return _runs_generated(conv)
 
 
+def fuses_residual_add(conv, block) -> bool:
+    """Whether ``conv``, the last step of the residual ``block``'s branch, adds the skip (and a ReLU after the
+    block) in its own kernel outside training: a float32 convolution that the generated kernels run."""
+    return _runs_generated(conv)
+
+
 def _runs_generated(conv) -> bool:
     """Whether the model's convolution ``conv`` runs the generated kernels (as ``generated_geometry`` decides
     for its arrays)."""
@@ -166,6 +172,19 @@ def conv2d_forward_relu(x, w, b, stride_h, stride_w, pad_top, pad_left, out, wor
         conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out, workspace)
         return relu_forward(out.reshape(-1), out.reshape(-1))
     _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=True)
+
+
+def conv2d_forward_add_relu(x, w, b, stride_h, stride_w, pad_top, pad_left, addend, out, relu=True):
+    """out = conv2d_forward(...) + ``addend`` (shaped as ``out``), max(., 0) with ``relu``: a residual block's
+    last convolution adding the skip (and doing the ReLU after the block) as it stores its values, the same
+    numbers as the three kernels one after the other."""
+    g = generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, out.shape)
+    if g is not None:
+        return _forward_generated(x, w, b, g, pad_top, pad_left, out, None, relu=relu, addend=addend)
+    conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out)
+    np.add(out, addend, out=out)
+    if relu:
+        relu_forward(out.reshape(-1), out.reshape(-1))
 
 
 def conv2d_forward_max_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, argmax,
@@ -203,12 +222,12 @@ def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
     return xp
 
 
-def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False):
+def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False, addend=None):
     xp = _padded_input(x, g, pad_top, pad_left, workspace)
     rows = (pad_top, pad_top + x.shape[1])  # the input's own rows: the taps on its zero border are skipped
     # Where filters are added to fill whole vectors (zero weights), their outputs are computed, not stored.
     generated.forward(xp, _with_channels(w, g.F, "conv_w_wide"), _with_channels(b, g.F, "conv_b_wide"), g, out,
-                      relu=relu, rows=rows)
+                      relu=relu, rows=rows, addend=addend)
 
 
 def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):

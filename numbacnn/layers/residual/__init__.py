@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from ...block import Block
+from ...block import Block, forward_chain, forward_for_gradients
 from ...errors import NumbacnnError, ShapeError
+from ...layer import Layer
 from ..conv2d import Conv2D
 from ..dense import Dense
+from ..relu import ReLU
 
 
 _PROBE = 720720  # the least common multiple of 1..16
@@ -87,11 +89,32 @@ class Residual(Block):
         return f"adds its input, through a {kind} (the skip row), to the branch's output"
 
     def forward(self, x, *, training=False):
+        if not training and self.adds_in_kernel:
+            return self.forward_adding(x)
         y = self.forward_children(x, training)
         skip = x if self.projection is None else self.projection.forward(x, training=training)
         out = self.result("out", y.shape, training)
         self.kernels.add(y.reshape(-1), skip.reshape(-1), out.reshape(-1))
         return out
+
+    @property
+    def adds_in_kernel(self) -> bool:
+        """Whether, outside training, the branch's last step adds the skip as its kernel stores its values (a
+        convolution on the CPU: ``Conv2D.forward_adding``), saving the addition its own pass."""
+        return bool(self.execution_order) and getattr(self.execution_order[-1], "adds_in_kernel", False)
+
+    def forward_adding(self, x, relu: bool = False):
+        """The evaluation-time output (max(., 0) with ``relu``: the ReLU after the block) with the skip added by
+        the branch's last step; only where ``adds_in_kernel``."""
+        *first, last = self.execution_order
+        y = forward_chain(first, x, training=False)
+        skip = x if self.projection is None else self.projection.forward(x, training=False)
+        return last.forward_adding(y, skip, self.result("out", (x.shape[0], *self.out_shape), False), relu)
+
+    def fused_with(self, following):
+        """Outside training, where the branch's last step adds the skip in its kernel, the ReLU written after
+        the block runs there too (``ResidualThenReLU``)."""
+        return ResidualThenReLU(self, following) if type(following) is ReLU and self.adds_in_kernel else None
 
     def backward(self, dy):
         through_branch = self.backward_children(dy)
@@ -127,3 +150,46 @@ class Residual(Block):
                 return self.branch(x) + self.skip(x)
 
         return Residual()
+
+
+class ResidualThenReLU:
+    """A residual block and the ReLU written after it, run as one step of a model's run order (see
+    ``block.run_order``). Outside training the branch's last convolution adds the skip and applies the ReLU as
+    it stores its values (the same numbers as the three run apart); while training they run one after the
+    other. Both layers stay in the model as they were built."""
+
+    name = "residual+relu"
+
+    def __init__(self, block: Residual, relu: Layer):
+        self.block, self.relu = block, relu
+        self.out_shape = relu.out_shape
+
+    @property
+    def parts(self) -> tuple[Layer, Layer]:
+        """The layers this step runs, in the order they run; the first one does the work."""
+        return self.block, self.relu
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.block.needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        self.block.needs_input_grad = value
+
+    def fused_with(self, following):
+        return None
+
+    def forward(self, x, *, training=False):
+        if not training:
+            return self.block.forward_adding(x, relu=True)
+        return self.relu.forward(self.block.forward(x, training=True), training=True)
+
+    def forward_for_gradients(self, x):
+        return forward_for_gradients(self.relu, forward_for_gradients(self.block, x))
+
+    def backward(self, dy):
+        return self.block.backward(self.relu.backward(dy))
+
+    def __repr__(self) -> str:
+        return f"{self.block!r} {self.relu!r}"
