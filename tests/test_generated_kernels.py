@@ -1,9 +1,10 @@
 """The generated, register-blocked CPU kernels against the plain kernels they replace.
 
-The vector intrinsics against NumPy (partial loads and stores included); the blocking's register budget; the generated convolutions against the
-generic ones: the forward pass to the bit where both add in the same order (the generic direct kernel), the
-gradients within float32 rounding of a float64 reference; the weight gradient to the bit on one thread and on
-two, and its one-thread kernel to the bit against the one that runs chunks side by side; and both vector widths (16 lanes with AVX-512, 8 otherwise), forced through NUMBACNN_SIMD_LANES.
+The vector intrinsics against NumPy (partial loads and stores included); the blocking's register budget; the
+generated convolutions against the generic ones: the forward pass to the bit where both add in the same order
+(the generic direct kernel), the gradients within float32 rounding of a float64 reference; the weight gradient
+to the bit on one thread and on two, and its one-thread kernel to the bit against the one that runs chunks side
+by side; and both vector widths (16 lanes with AVX-512, 8 otherwise), forced through NUMBACNN_SIMD_LANES.
 """
 
 from __future__ import annotations

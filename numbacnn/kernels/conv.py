@@ -289,11 +289,8 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels:
     def sums_out(sums, row):
         src(*(f"store(partial, pi + {i * g.F + v * L}, {name}_{v})" for i, name in enumerate(sums) for v in range(fv)))
 
-    src = _module("weight_grad_source", f"load{L} as load, load_first{L} as load_first, splat{L} as splat, store, "
-                  "fma, add", [g, f"rows {rows}, filter vectors {fv}, tile {_tile_rows(g, FD)} rows"]
-                  + ([f"{FD} output-gradient channels"] if FD != g.F else []), "kernel(x, dy, partial, N)")
+    src = _weight_grad_module("weight_grad_source", g, L, rows, fv, FD, "kernel(x, dy, partial, N)", parallel=True)
     with src.indent():
-        src(f"R = N * {g.OH}")
         src(f"for chunk in prange({CHUNKS}):")
         with src.indent():
             src(f"first = chunk * R // {CHUNKS}", f"last = (chunk + 1) * R // {CHUNKS}")
@@ -342,13 +339,9 @@ def one_thread_weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int,
         with src.indent():
             src(*(f"store(running, {slot}, {value})" for value, slot, _, _ in slots(sums, row)))
 
-    src = _module("one_thread_weight_grad_source", f"load{L} as load, load_first{L} as load_first, "
-                  f"splat{L} as splat, zero{L} as zero, store, store_first, fma, add",
-                  [g, f"rows {rows}, filter vectors {fv}, tile {_tile_rows(g, FD)} rows"]
-                  + ([f"{FD} output-gradient channels"] if FD != g.F else []), "kernel(x, dy, dw, db, running, N)",
-                  parallel=False)
+    src = _weight_grad_module("one_thread_weight_grad_source", g, L, rows, fv, FD,
+                              "kernel(x, dy, dw, db, running, N)", parallel=False)
     with src.indent():
-        src(f"R = N * {g.OH}")
         src(f"for chunk in range({CHUNKS}):")
         with src.indent():
             src(f"first = chunk * R // {CHUNKS}", f"size = (chunk + 1) * R // {CHUNKS} - first")
@@ -359,6 +352,18 @@ def one_thread_weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int,
                 src("t0 = first + tile * size // tiles", "t1 = first + (tile + 1) * size // tiles")
                 _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out)
     return src.text()
+
+
+def _weight_grad_module(generator: str, g: Geometry, L: int, rows: int, fv: int, FD: int, signature: str,
+                        parallel: bool) -> Source:
+    """The start of a weight-gradient module, up to ``R``, the count of (n, oh) output rows."""
+    made_for = [g, f"rows {rows}, filter vectors {fv}, tile {_tile_rows(g, FD)} rows"]
+    src = _module(generator, f"load{L} as load, load_first{L} as load_first, splat{L} as splat, zero{L} as zero, "
+                  "store, store_first, fma, add", made_for + ([f"{FD} output-gradient channels"] if FD != g.F else []),
+                  signature, parallel=parallel)
+    with src.indent():
+        src(f"R = N * {g.OH}")
+    return src
 
 
 def _tile_blocks(src: Source, g: Geometry, L: int, rows: int, fv: int, FD: int, sums_in, sums_out) -> None:
