@@ -129,9 +129,9 @@ def chunk_moments(x, step, partial):
     rows, channels = x.shape
     for k in prange(partial.shape[0]):
         start, stop = k * step, min(rows, (k + 1) * step)
-        mean, squares = partial[k, 0], partial[k, 1]
-        mean[:] = 0.0
-        squares[:] = 0.0
+        # Sums in arrays of the kernel's own, which the compiler knows no other array shares, so that it
+        # vectorises them across the channels (kept in ``partial`` itself they ran at a third of the speed).
+        mean, squares = np.zeros(channels), np.zeros(channels)
         for r in range(start, stop):
             for c in range(channels):
                 mean[c] += np.float64(x[r, c])
@@ -141,6 +141,8 @@ def chunk_moments(x, step, partial):
             for c in range(channels):
                 d = np.float64(x[r, c]) - mean[c]
                 squares[c] += d * d
+        partial[k, 0] = mean
+        partial[k, 1] = squares
 
 
 @njit(cache=True)
@@ -169,14 +171,14 @@ def chunk_param_sums(x, dy, mean, inv_std, step, partial):
     exactly as the forward pass computed it."""
     rows, channels = x.shape
     for k in prange(partial.shape[0]):
-        sum_dy, sum_dy_x_hat = partial[k, 0], partial[k, 1]
-        sum_dy[:] = 0.0
-        sum_dy_x_hat[:] = 0.0
+        sum_dy, sum_dy_x_hat = np.zeros(channels), np.zeros(channels)  # the kernel's own: see chunk_moments
         for r in range(k * step, min(rows, (k + 1) * step)):
             for c in range(channels):
                 x_hat = (x[r, c] - mean[c]) * inv_std[c]
                 sum_dy[c] += np.float64(dy[r, c])
                 sum_dy_x_hat[c] += np.float64(dy[r, c]) * np.float64(x_hat)
+        partial[k, 0] = sum_dy
+        partial[k, 1] = sum_dy_x_hat
 
 
 @njit(cache=True)
