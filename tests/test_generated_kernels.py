@@ -309,6 +309,25 @@ def test_the_one_thread_weight_gradient_is_the_side_by_side_one_to_the_bit(case,
         dy)
 
 
+@settings(max_examples=4, deadline=None)  # each geometry compiles two kernels
+@given(case=geometries(), seed=st.integers(0, 2**16))
+@example(case=(16, (2, 7, 7, 16, 32, 3, 1, 1)), seed=0)  # one block, both edges
+@example(case=(8, (2, 9, 9, 3, 8, 3, 2, 2)), seed=0)  # borders wider than a stride
+def test_reading_the_input_unpadded_gives_the_padded_copys_bits(case, seed):
+    """Outside training the forward kernel reads the input as it is, its blocks at the left and right edges
+    skipping the taps on the missing border columns; while training it reads the padded copy it keeps for the
+    backward pass. The same bits either way (NaN included): a skipped tap would only have added a zero."""
+    lanes, shape = case
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        x, weights, bias, geometry, out_shape = _case(shape, seed)
+        x.reshape(-1)[::11] = np.nan
+        unpadded, padded = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
+        cpu.conv2d_forward(x, weights, bias, *geometry, unpadded)
+        cpu.conv2d_forward(x, weights, bias, *geometry, padded, workspace={})
+    np.testing.assert_array_equal(unpadded.view(np.int32), padded.view(np.int32))
+
+
 def test_eight_filters_take_eight_lanes_on_a_wider_processor(monkeypatch):
     monkeypatch.setenv(simd.LANES_ENV, "16")
     assert conv.lanes_for(8) == 8 and conv.lanes_for(24) == 8 and conv.lanes_for(32) == 16

@@ -87,11 +87,14 @@ def choose_blocking(positions: int, filters: int, lanes: int, registers: int) ->
 
 
 def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool, rows: tuple[int, int],
-                   FO: int, adds: bool = False) -> None:
-    """Source for one block of ``count`` positions starting at ``ow0`` (a variable), filters from ``f0``; only
-    the taps on the input rows ``rows`` (first, end) are added (the others are zero borders); the output has
-    ``FO`` channels (the first ``FO`` filters are stored); with ``adds``, each value plus ``addend``'s at the
-    same place before the ReLU."""
+                   FO: int, adds: bool = False, unpadded: tuple[int, int, int, int] | None = None,
+                   at: int | None = None) -> None:
+    """Source for one block of ``count`` positions starting at ``ow0`` (a variable, or the number ``at``),
+    filters from ``f0``; only the taps on the input rows ``rows`` (first, end) are added (the others are zero
+    borders); the output has ``FO`` channels (the first ``FO`` filters are stored); with ``adds``, each value
+    plus ``addend``'s at the same place before the ReLU. ``unpadded`` (H, W, top, left): ``x`` is the input
+    itself, not bordered with zeros; a block ``at`` a fixed place skips the taps that fall on the border
+    columns, one column of taps at a time (the taps kept are added in the same order)."""
     L, FV = b.lanes, b.FV
     for v in range(FV):
         src(f"bias_{v} = load(bias, f0 + {v * L})")
@@ -102,17 +105,29 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
     else:
         src(f"for kh in range(max(0, {rows[0]} - oh * {g.SH}), min({g.KH}, {rows[1]} - oh * {g.SH})):")
     with src.indent():
-        src(f"xrow = ((n * {g.HP} + oh * {g.SH} + kh) * {g.WP} + ow0 * {g.SW}) * {g.C}")
-        src(f"for kw in range({g.KW}):")
-        with src.indent():
-            src(f"for c in range({g.C}):")
-            with src.indent():
-                src(f"wi = ((kh * {g.KW} + kw) * {g.C} + c) * {g.F} + f0")
-                src(*(f"w_{v} = load(w, wi + {v * L})" for v in range(FV)))
-                src(f"xi = xrow + kw * {g.C} + c")
-                for p in range(count):
-                    src(f"x_{p} = splat(x, xi + {p * g.SW * g.C})")
-                    src(*(f"acc_{p}_{v} = fma(x_{p}, w_{v}, acc_{p}_{v})" for v in range(FV)))
+        if unpadded is None:
+            src(f"xrow = ((n * {g.HP} + oh * {g.SH} + kh) * {g.WP} + ow0 * {g.SW}) * {g.C}")
+        else:
+            H, W, top, left = unpadded
+            src(f"xrow = ((n * {H} + oh * {g.SH} + kh - {top}) * {W} + ow0 * {g.SW} - {left}) * {g.C}")
+        columns = [(None, range(count))] if at is None else [
+            (kw, [p for p in range(count) if 0 <= (at + p) * g.SW + kw - unpadded[3] < unpadded[1]])
+            for kw in range(g.KW)]
+        for kw, positions in columns:
+            if not positions:
+                continue
+            if kw is None:
+                src(f"for kw in range({g.KW}):")
+            with src.indent() if kw is None else _same_level():
+                tap = "kw" if kw is None else str(kw)
+                src(f"for c in range({g.C}):")
+                with src.indent():
+                    src(f"wi = (({'kh'} * {g.KW} + {tap}) * {g.C} + c) * {g.F} + f0")
+                    src(*(f"w_{v} = load(w, wi + {v * L})" for v in range(FV)))
+                    src(f"xi = xrow + {tap} * {g.C} + c")
+                    for p in positions:
+                        src(f"x_{p} = splat(x, xi + {p * g.SW * g.C})")
+                        src(*(f"acc_{p}_{v} = fma(x_{p}, w_{v}, acc_{p}_{v})" for v in range(FV)))
     src(f"oi = ((n * {g.OH} + oh) * {g.OW} + ow0) * {FO} + f0")
     for p in range(count):
         for v in range(FV):
@@ -128,6 +143,16 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
                     src(f"store_first(out, oi + {p * FO + v * L}, {value}, lanes_{v})")
 
 
+class _same_level:
+    """A ``with`` that indents nothing (the other branch of ``src.indent() if ... else``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def _module(generator: str, intrinsics: str, comments: list, signature: str, parallel: bool = True) -> Source:
     """The start of a generated module: its docstring, imports, what it was made for, and the kernel's ``def``
     (compiled for threads unless ``parallel`` is False)."""
@@ -141,22 +166,31 @@ def _module(generator: str, intrinsics: str, comments: list, signature: str, par
 
 
 def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int, int] | None = None,
-                   out_channels: int | None = None, adds: bool = False) -> str:
+                   out_channels: int | None = None, adds: bool = False,
+                   unpadded: tuple[int, int, int, int] | None = None) -> str:
     """A module with ``kernel(x, w, bias, out, N, addend)``: the convolution of the flat padded input ``x`` (N,
     HP, WP, C) with the flat filters ``w`` plus ``bias``, plus with ``adds`` the flat ``addend`` (shaped as
     ``out``; else it is not read), into the flat ``out`` (N, OH, OW, F); with ``relu``, max(., 0).
     ``rows`` (first, end): the only rows of ``x`` that are not zero borders, whose taps alone are added (all
     rows when None); the input gradient's zero-bordered output gradient skips a third of its work so.
     ``out_channels``: where less than F, ``out`` has that many channels and the filters after them (zero ones
-    that fill whole vectors) are computed but not stored."""
+    that fill whole vectors) are computed but not stored. ``unpadded`` (H, W, top, left): ``x`` is the input
+    (N, H, W, C) itself, with no zero border (``rows`` then says which rows of the padded grid are its own): the
+    blocks at the left and right edges skip the taps on the missing columns, the others are as above."""
     L = b.lanes
     rows = (0, g.HP) if rows is None else (max(0, rows[0]), min(g.HP, rows[1]))
     FO = g.F if out_channels is None else out_channels
-    full, tail = divmod(g.OW, b.P)
+    blocks = [(at, min(b.P, g.OW - at)) for at in range(0, g.OW, b.P)]
+    if unpadded is None:
+        inside = blocks
+    else:
+        H, W, top, left = unpadded
+        inside = [(at, n) for at, n in blocks if at * g.SW >= left and (at + n - 1) * g.SW + g.KW - 1 - left < W]
     src = _module("forward_source", f"load{L} as load, load_first{L} as load_first, splat{L} as splat, store, "
                   "store_first, fma, add, relu",
                   [g, b] + ([f"rows {rows[0]} to {rows[1]}"] if rows != (0, g.HP) else [])
-                  + ([f"{FO} output channels"] if FO != g.F else []) + (["adds addend"] if adds else []),
+                  + ([f"{FO} output channels"] if FO != g.F else []) + (["adds addend"] if adds else [])
+                  + ([f"reads the input unpadded: (H, W, top, left) = {unpadded}"] if unpadded else []),
                   "kernel(x, w, bias, out, N, addend)")
     with src.indent():
         src(f"for row in prange(N * {g.OH}):")
@@ -166,14 +200,18 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
             with src.indent():
                 src(f"f0 = fb * {L * b.FV}")
                 _lane_counts(src, g, L, b.FV, FO)
-                if full:
-                    src(f"for blk in range({full}):")
+                whole = [at for at, n in inside if n == b.P]  # a run of whole blocks with no border: one loop
+                if whole:
+                    src(f"for blk in range({whole[0] // b.P}, {whole[-1] // b.P + 1}):")
                     with src.indent():
                         src(f"ow0 = blk * {b.P}")
-                        _forward_block(src, g, b, b.P, relu, rows, FO, adds)
-                if tail:
-                    src(f"ow0 = {full * b.P}")
-                    _forward_block(src, g, b, tail, relu, rows, FO, adds)
+                        _forward_block(src, g, b, b.P, relu, rows, FO, adds, unpadded)
+                for at, n in blocks:
+                    if at in whole:
+                        continue
+                    src(f"ow0 = {at}")
+                    _forward_block(src, g, b, n, relu, rows, FO, adds, unpadded,
+                                   at=None if (at, n) in inside else at)
     return src.text()
 
 
@@ -440,8 +478,8 @@ def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD
 
 @lru_cache(maxsize=None)
 def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] | None, out_channels: int,
-                    adds: bool):
-    return load_module("conv_forward", forward_source(g, b, relu, rows, out_channels, adds),
+                    adds: bool, unpadded: tuple[int, int, int, int] | None):
+    return load_module("conv_forward", forward_source(g, b, relu, rows, out_channels, adds, unpadded),
                        f"a convolution kernel for {_words(g)}").kernel
 
 
@@ -530,12 +568,15 @@ def pad_into(x, top, left, out):
 # -- the convolutions ----------------------------------------------------------------------------------------
 
 def forward(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray, relu: bool = False,
-            rows: tuple[int, int] | None = None, addend: np.ndarray | None = None) -> None:
+            rows: tuple[int, int] | None = None, addend: np.ndarray | None = None,
+            border: tuple[int, int] | None = None) -> None:
     """out = conv(xp, w) + b (+ ``addend``, shaped as ``out``; max(., 0) with ``relu``), xp already padded to
-    (HP, WP); with ``rows`` (first, end), the rows of xp outside them are taken to be zero and skipped. ``out``
-    may have fewer channels than ``w`` has filters (zero filters added to fill whole vectors): it gets the first
-    ones."""
-    kernel = _forward_kernel(g, forward_blocking(g), relu, rows, out.shape[-1], addend is not None)
+    (HP, WP); with ``rows`` (first, end), the rows of xp outside them are taken to be zero and skipped. With
+    ``border`` (top, left), xp is the input itself, not padded: the kernel skips the taps on its zero border
+    (``rows`` must then be its own rows, (top, top + height)). ``out`` may have fewer channels than ``w`` has
+    filters (zero filters added to fill whole vectors): it gets the first ones."""
+    unpadded = None if border is None else (xp.shape[1], xp.shape[2], *border)
+    kernel = _forward_kernel(g, forward_blocking(g), relu, rows, out.shape[-1], addend is not None, unpadded)
     kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0],
            out.reshape(-1) if addend is None else addend.reshape(-1))
 

@@ -223,11 +223,15 @@ def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
 
 
 def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False, addend=None):
-    xp = _padded_input(x, g, pad_top, pad_left, workspace)
     rows = (pad_top, pad_top + x.shape[1])  # the input's own rows: the taps on its zero border are skipped
+    if workspace is None and x.flags.c_contiguous:
+        # Outside training no padded copy is kept for a backward pass: the kernel reads the input as it is.
+        xp, border = x, (pad_top, pad_left)
+    else:
+        xp, border = _padded_input(x, g, pad_top, pad_left, workspace), None
     # Where filters are added to fill whole vectors (zero weights), their outputs are computed, not stored.
     generated.forward(xp, _with_channels(w, g.F, "conv_w_wide"), _with_channels(b, g.F, "conv_b_wide"), g, out,
-                      relu=relu, rows=rows, addend=addend)
+                      relu=relu, rows=rows, addend=addend, border=border)
 
 
 def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
@@ -242,7 +246,7 @@ def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
     gx = _input_grad_geometry(g, dx.shape, pad_top, pad_left)
     if gx is None:
         return conv2d_backward_input_direct(dy, transpose_last(w), 1, 1, pad_top, pad_left, dx)
-    _input_grad(dy, wide, g, gx, g.KH - 1 - pad_top, g.KW - 1 - pad_left, dx, "conv_dy_padded")
+    _input_grad(dy, wide, g, gx, g.KH - 1 - pad_top, g.KW - 1 - pad_left, dx, "conv_w_turned")
 
 
 def _input_grad(dy, w, g, gx, top, left, dx, name):
@@ -250,16 +254,18 @@ def _input_grad(dy, w, g, gx, top, left, dx, name):
     where negative) to gx's (HP, WP), with the filters ``w`` turned around: a stride-1 convolution's input
     gradient, or one phase of a strided one's (``_input_grad_by_phases``). ``w`` has ``g.F`` filters (dy's,
     with zero ones added to fill whole vectors); ``dx`` has w's channels (``gx.F`` of them are computed: zero
-    ones added, not stored). ``name``: the scratch array for the bordered dy."""
-    dyp = scratch(name, (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)
-    generated.pad_into(dy, top, left, dyp)
-    w_turned = scratch(name + "_w", (gx.KH, gx.KW, g.F, gx.F), w.dtype)
+    ones added, not stored). ``name``: the scratch array for the filters turned around."""
+    w_turned = scratch(name, (gx.KH, gx.KW, g.F, gx.F), w.dtype)
     w_turned[..., w.shape[2]:] = 0
     generated.flipped(w, w_turned[..., :w.shape[2]])
     no_bias = scratch("conv_no_bias", (gx.F,), dx.dtype)
     no_bias[:] = 0
-    # Only dy's own rows (not its zero border) hold anything: the taps on the others are skipped.
-    generated.forward(dyp, w_turned, no_bias, gx, dx, rows=(top, top + dy.shape[1]))
+    rows = (top, top + dy.shape[1])  # only dy's own rows hold anything: the taps on the others are skipped
+    if dy.shape[-1] == g.F and dy.flags.c_contiguous:  # the kernel reads dy as it is, skipping its border
+        return generated.forward(dy, w_turned, no_bias, gx, dx, rows=rows, border=(top, left))
+    dyp = scratch("conv_dy_padded", (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)  # zero filters' channels added
+    generated.pad_into(dy, top, left, dyp)
+    generated.forward(dyp, w_turned, no_bias, gx, dx, rows=rows)
 
 
 class _Phase(NamedTuple):
@@ -303,7 +309,7 @@ def _input_grad_by_phases(dy, w, g, pad_top, pad_left, dx):
                                     cols.taps, padded_channels(C), 1, 1, rows.count, cols.count)
             part = scratch(f"conv_dx_phase_{rh}_{rw}", (N, rows.count, cols.count, C), dx.dtype)
             _input_grad(dy, w[rh::g.SH, rw::g.SW], g, gx, rows.taps - 1 - rows.q0, cols.taps - 1 - cols.q0, part,
-                        f"conv_dy_phase_{rh}_{rw}")
+                        f"conv_w_turned_phase_{rh}_{rw}")
             target[...] = part
 
 
