@@ -224,8 +224,11 @@ def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
 
 def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False, addend=None):
     rows = (pad_top, pad_top + x.shape[1])  # the input's own rows: the taps on its zero border are skipped
-    if workspace is None and x.flags.c_contiguous:
-        # Outside training no padded copy is kept for a backward pass: the kernel reads the input as it is.
+    if x.flags.c_contiguous:
+        # The kernel reads the input as it is; while training the padded copy the weight gradient reads is
+        # made here all the same (one forward kernel per geometry, whether training or not).
+        if workspace is not None:
+            _padded_input(x, g, pad_top, pad_left, workspace)
         xp, border = x, (pad_top, pad_left)
     else:
         xp, border = _padded_input(x, g, pad_top, pad_left, workspace), None
