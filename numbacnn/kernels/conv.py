@@ -20,6 +20,7 @@ partial vector loads and stores (``simd.load_first*``, ``simd.store_first``).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -118,7 +119,7 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
                 continue
             if kw is None:
                 src(f"for kw in range({g.KW}):")
-            with src.indent() if kw is None else _same_level():
+            with src.indent() if kw is None else nullcontext():
                 tap = "kw" if kw is None else str(kw)
                 src(f"for c in range({g.C}):")
                 with src.indent():
@@ -141,16 +142,6 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
                 src(f"if lanes_{v} > 0:")
                 with src.indent():
                     src(f"store_first(out, oi + {p * FO + v * L}, {value}, lanes_{v})")
-
-
-class _same_level:
-    """A ``with`` that indents nothing (the other branch of ``src.indent() if ... else``)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _module(generator: str, intrinsics: str, comments: list, signature: str, parallel: bool = True) -> Source:
@@ -184,7 +175,7 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
     if unpadded is None:
         inside = blocks
     else:
-        H, W, top, left = unpadded
+        _, W, _, left = unpadded
         inside = [(at, n) for at, n in blocks if at * g.SW >= left and (at + n - 1) * g.SW + g.KW - 1 - left < W]
     src = _module("forward_source", f"load{L} as load, load_first{L} as load_first, splat{L} as splat, store, "
                   "store_first, fma, add, relu",
