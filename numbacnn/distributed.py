@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -70,6 +71,8 @@ class Group:
 class MPIGroup(Group):
     """The processes of an MPI job, through mpi4py's buffer interface."""
 
+    ABORT_PAUSE_SECONDS = 1.0
+
     def __init__(self, comm):
         from mpi4py import MPI
 
@@ -111,6 +114,9 @@ class MPIGroup(Group):
     def abort(self, code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher forwards a process's output on its own time, and Abort ends every process at once: without
+        # a pause the error message that says why can be lost on a busy machine.
+        time.sleep(self.ABORT_PAUSE_SECONDS)
         self.comm.Abort(code)
 
 
