@@ -230,7 +230,7 @@ def _close(got, want, scale_of):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * scale)
 
 
-@settings(max_examples=6, deadline=None)  # each geometry compiles its own kernels
+@settings(max_examples=4, deadline=None)  # each geometry compiles its own kernels
 @given(case=geometries(), seed=st.integers(0, 2**16))
 def test_generated_convolution_matches_the_generic_kernels(case, seed):
     lanes, shape = case
@@ -405,7 +405,7 @@ def _fused_against_plain(spec: str, input_shape, seed: int, step_type):
     return fused, plain
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
        lanes=st.sampled_from(LANES))
 def test_fused_convolution_and_max_pooling_equal_the_two_layers(seed, size, channels, lanes):
@@ -420,7 +420,7 @@ def test_fused_convolution_and_max_pooling_equal_the_two_layers(seed, size, chan
         np.testing.assert_array_equal(fused.layers[1]._argmax, plain.layers[1]._argmax)
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(seed=st.integers(0, 2**16), size=st.integers(4, 9), channels=st.sampled_from((1, 3)),
        filters=st.sampled_from((6, 8, 16)), padding=st.sampled_from((0, 1, 2)))
 def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, filters, padding):
@@ -432,7 +432,7 @@ def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, f
                          (size, size, channels), seed, ConvThenReLU)
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(seed=st.integers(0, 2**16), size=st.integers(4, 9), filters=st.sampled_from((6, 8, 16)),
        after=st.sampled_from(("", "relu", "maxpool2d(2)", "relu maxpool2d(2)")), bias=st.booleans())
 def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, after, bias):
