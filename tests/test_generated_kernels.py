@@ -279,15 +279,14 @@ def test_weight_gradient_bits_do_not_depend_on_threads():
         np.testing.assert_array_equal(one, two)
 
 
-@settings(max_examples=3, deadline=None)  # each geometry compiles its own kernel
+@settings(max_examples=2, deadline=None)  # each geometry compiles two kernels
 @given(case=geometries(), batch=st.integers(1, 40), missing=st.integers(0, 5), seed=st.integers(0, 2**16))
 @example(case=(16, (1, 28, 28, 1, 48, 3, 1, 1)), batch=2, missing=0, seed=0)  # small-resnet's first layer
 @example(case=(8, (1, 9, 9, 16, 16, 3, 2, 1)), batch=1, missing=3, seed=0)  # chunks with no rows; 13 of 16 filters
-def test_the_weight_gradient_is_the_same_to_the_bit_however_its_chunks_are_grouped(case, batch, missing, seed):
-    """One run of chunks (one thread: each chunk's sums added as it finishes), two, three, or one run a chunk
-    (every chunk's sums kept apart and added afterwards by ``add_in_order``): the same additions in the same
-    order, and the float64 sums to rounding. Output gradients with fewer channels than the kernel's filters (the
-    zero filters added to fill whole vectors) included."""
+def test_the_one_thread_weight_gradient_is_the_side_by_side_one_to_the_bit(case, batch, missing, seed):
+    """The kernel for one thread adds each chunk's sums as it finishes; the other writes every chunk's partial
+    sums and adds them afterwards (``add_in_order``): the same additions in the same order. Output gradients
+    with fewer channels than the kernel's filters (the zero filters added to fill whole vectors) included."""
     lanes, (_, h, w, c, f, k, stride, pad) = case
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv(simd.LANES_ENV, str(lanes))
@@ -299,13 +298,12 @@ def test_the_weight_gradient_is_the_same_to_the_bit_however_its_chunks_are_group
         dy = np.random.default_rng(seed + 1).standard_normal((n, oh, ow, channels)).astype(np.float32)
         dy.reshape(-1)[::7] = -0.0  # signed zeros: 0.0 + -0.0 is 0.0, so where each sum starts shows
         results = []
-        for groups in (1, 2, 3, conv.CHUNKS):
+        for one_thread in (True, False):
             dw, db = np.full((k, k, c, channels), np.nan, np.float32), np.full(channels, np.nan, np.float32)
-            conv.weight_grad(xp, dy, g, dw, db, groups=groups)
+            conv.weight_grad(xp, dy, g, dw, db, one_thread=one_thread)
             results.append((dw, db))
-    for grouped in results[1:]:
-        for mine, theirs in zip(results[0], grouped):
-            np.testing.assert_array_equal(mine.view(np.int32), theirs.view(np.int32))
+    for mine, theirs in zip(*results):
+        np.testing.assert_array_equal(mine.view(np.int32), theirs.view(np.int32))
     _close(results[0][0], np.einsum("nhwcij,nhwf->ijcf", np.lib.stride_tricks.sliding_window_view(
         xp.astype(np.float64), (k, k), axis=(1, 2))[:, ::stride, ::stride][:, :oh, :ow], dy.astype(np.float64)),
         dy)

@@ -9,9 +9,8 @@ kernel, so the two agree to the bit.
 The input gradient of a stride-1 convolution is the same kernel run over the output gradient bordered with
 zeros, with the filters turned half a circle and their channel axes swapped. The weight gradient holds a block of
 (kh, kw, c) rows x FV filter vectors and runs over the output positions of a fixed number of chunks of the batch,
-each summed on its own; the chunks' sums are added in chunk order, so the bits do not depend on how many threads
-ran. Each thread takes a run of consecutive chunks; the first run adds each chunk's sums as it finishes, the
-others keep theirs apart until it is their turn.
+each into its own partial sum; the partial sums are then added in chunk order, so the bits do not depend on how
+many threads ran. On one thread a kernel of its own does the same sums, adding each chunk's as it finishes.
 
 Inputs are padded copies (``pad_into``) so that the kernels never test a border. The kernels work on whole
 vectors of filters; where a layer's filters (or, for the input gradient, its channels) do not fill them, zero
@@ -301,40 +300,62 @@ def _pooled_block(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW
 
 
 def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int | None = None) -> str:
-    """A module with ``kernel(x, dy, dw, db, running, partial, N, groups)``: dw[k, f] = the sum over the output
-    positions of x[n, oh*SH + kh, ow*SW + kw, c] * dy[n, oh, ow, f], with k = (kh * KW + kw) * C + c, and db[f] =
-    the sum of dy (row K of the sums). The (n, oh) output rows are cut into ``CHUNKS`` chunks; each chunk's sums
-    run over its positions in order, and the chunks' sums are added in chunk order, ((c0 + c1) + c2) + ...: the
-    bits depend on the shape alone, never on the number of threads.
+    """A module with ``kernel(x, dy, partial, N)``: for each of ``CHUNKS`` chunks of the (n, oh) output rows,
+    side by side, partial[chunk, k, f] = the sum over its positions of x[n, oh*SH + kh, ow*SW + kw, c] *
+    dy[n, oh, ow, f], with k = (kh * KW + kw) * C + c, the positions added in order; the row after the last k
+    sums dy itself (the bias gradient). ``add_in_order`` then adds the chunks. A chunk goes through its rows a
+    few at a time (a tile of the output gradient that stays in the first-level cache), and every block of
+    ``rows`` k's x ``fv`` filter vectors adds that tile into its registers, picking up and putting back its sums
+    in ``partial`` (zeroed first, so an empty chunk adds nothing). ``dy_channels``: where less than F, ``dy`` has
+    that many channels, the others taken as zero (the zero filters added to fill whole vectors)."""
+    L, K = lanes, g.KH * g.KW * g.C
+    FD = g.F if dy_channels is None else dy_channels
 
-    The chunks are dealt into ``groups`` runs of consecutive chunks, side by side (one a thread); within a run
-    they are taken one after the other. A chunk goes through its rows a tile at a time (a tile of the output
-    gradient stays in the first-level cache), and every block of ``rows`` k's x ``fv`` filter vectors adds the
-    tile into its registers, keeping its sums in the run's part of ``running`` ((groups, K + 1, F) floats, zero
-    when called and left zero) from one tile to the next. When a chunk ends, the first run adds its sums into
-    ``dw`` (K x FD) and ``db``; every other run puts them into the chunk's slot of ``partial`` (one per chunk after
-    the first run's), which ``add_in_order`` then adds into dw and db, in order. On one thread nothing goes
-    through ``partial``: on small feature maps, where a chunk has few positions, writing and adding every chunk's
-    sums took a quarter of the time. ``dy_channels``: where less than F, ``dy``, ``dw`` and ``db`` have that many
-    channels, the others taken as zero (the zero filters added to fill whole vectors)."""
+    def sums_in(sums, row):
+        src(f"pi = (chunk * {K + 1} + {row}) * {g.F} + f0")
+        src(*(f"{name}_{v} = load(partial, pi + {i * g.F + v * L})" for i, name in enumerate(sums) for v in range(fv)))
+
+    def sums_out(sums, row):
+        src(*(f"store(partial, pi + {i * g.F + v * L}, {name}_{v})" for i, name in enumerate(sums) for v in range(fv)))
+
+    src = _weight_grad_module("weight_grad_source", g, L, rows, fv, FD, "kernel(x, dy, partial, N)", parallel=True)
+    with src.indent():
+        src(f"for chunk in prange({CHUNKS}):")
+        with src.indent():
+            src(f"first = chunk * R // {CHUNKS}", f"last = (chunk + 1) * R // {CHUNKS}")
+            src(f"for i in range(chunk * {(K + 1) * g.F}, (chunk + 1) * {(K + 1) * g.F}):")
+            with src.indent():
+                src("partial[i] = 0.0")
+            src(f"for t0 in range(first, last, {_tile_rows(g, FD)}):")
+            with src.indent():
+                src(f"t1 = min(t0 + {_tile_rows(g, FD)}, last)")
+                _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out)
+    return src.text()
+
+
+def one_thread_weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int,
+                                  dy_channels: int | None = None) -> str:
+    """A module with ``kernel(x, dy, dw, db, running, N)``: the same sums as ``weight_grad_source`` followed by
+    ``add_in_order``, to the bit, for one thread. The chunks are taken one after the other and the blocks of a
+    tile one after the other; a block keeps its chunk's sums in ``running`` ((K + 1) x F floats) from one tile to
+    the next and adds them into ``dw`` (K x FD) or ``db`` at the chunk's last tile, leaving ``running`` zero
+    again for the next chunk (it must be zero when called). No array of partial sums is zeroed, written and
+    added up afterwards: on small feature maps, where a chunk has few positions, that took a quarter of the time."""
     L, K = lanes, g.KH * g.KW * g.C
     FD = g.F if dy_channels is None else dy_channels
 
     def slots(sums, row):
-        """(vector, its index in the run's sums, its row, its filter vector) of each of the block's sums."""
+        """(vector, its index in running, its row, its filter vector) of each of the block's sums."""
         return [(f"{name}_{v}", f"({row} + {i}) * {g.F} + f0 + {v * L}", f"({row} + {i})", v)
                 for i, name in enumerate(sums) for v in range(fv)]
 
     def sums_in(sums, row):
-        src(*(f"{value} = load(running, mine + {slot})" for value, slot, _, _ in slots(sums, row)))
+        src(*(f"{value} = load(running, {slot})" for value, slot, _, _ in slots(sums, row)))
 
     def sums_out(sums, row):
         # Always loaded, never started from zero in registers on one path of two: with two ways into the loop
         # the compiler kept the sums in memory inside it.
-        src("if tile < tiles - 1:")
-        with src.indent():
-            src(*(f"store(running, mine + {slot}, {value})" for value, slot, _, _ in slots(sums, row)))
-        src("elif group == 0:")  # into dw (db), the first chunk's as they are
+        src("if tile == tiles - 1:")  # into dw (db), the first chunk's as they are; running zero again
         with src.indent():
             out, store = "db" if row == K else "dw", "store" if FD == g.F else "store_first"
             for value, slot, k, v in slots(sums, row):
@@ -342,37 +363,33 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels:
                 lanes_v = "" if FD == g.F else f", lanes_{v}"
                 total = f"add({_dy_vector(g, v, L, FD, index, out)}, {value})"
                 src(f"{store}({out}, {index} + {v * L}, {value} if chunk == 0 else {total}{lanes_v})",
-                    f"store(running, mine + {slot}, zero())")
-        src("else:")  # into the chunk's slot, added in order afterwards
+                    f"store(running, {slot}, zero())")
+        src("else:")
         with src.indent():
-            src(*(f"store(partial, slot + {slot}, {value})" for value, slot, _, _ in slots(sums, row)))
-            src(*(f"store(running, mine + {slot}, zero())" for value, slot, _, _ in slots(sums, row)))
+            src(*(f"store(running, {slot}, {value})" for value, slot, _, _ in slots(sums, row)))
 
-    src = _weight_grad_module("weight_grad_source", g, L, rows, fv, FD,
-                              "kernel(x, dy, dw, db, running, partial, N, groups)")
+    src = _weight_grad_module("one_thread_weight_grad_source", g, L, rows, fv, FD,
+                              "kernel(x, dy, dw, db, running, N)", parallel=False)
     with src.indent():
-        src("for group in prange(groups):")
+        src(f"for chunk in range({CHUNKS}):")
         with src.indent():
-            src(f"mine = group * {(K + 1) * g.F}")
-            src(f"for chunk in range(group * {CHUNKS} // groups, (group + 1) * {CHUNKS} // groups):")
+            src(f"first = chunk * R // {CHUNKS}", f"size = (chunk + 1) * R // {CHUNKS} - first")
+            # an empty chunk still takes one (empty) tile: its sums, zero, are added like any other chunk's
+            src(f"tiles = max(1, (size + {_tile_rows(g, FD) - 1}) // {_tile_rows(g, FD)})")
+            src("for tile in range(tiles):")
             with src.indent():
-                src(f"slot = (chunk - {CHUNKS} // groups) * {(K + 1) * g.F}")
-                src(f"first = chunk * R // {CHUNKS}", f"size = (chunk + 1) * R // {CHUNKS} - first")
-                # an empty chunk still takes one (empty) tile: its sums, zero, are added like any other chunk's
-                src(f"tiles = max(1, (size + {_tile_rows(g, FD) - 1}) // {_tile_rows(g, FD)})")
-                src("for tile in range(tiles):")
-                with src.indent():
-                    src("t0 = first + tile * size // tiles", "t1 = first + (tile + 1) * size // tiles")
-                    _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out)
+                src("t0 = first + tile * size // tiles", "t1 = first + (tile + 1) * size // tiles")
+                _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out)
     return src.text()
 
 
-def _weight_grad_module(generator: str, g: Geometry, L: int, rows: int, fv: int, FD: int, signature: str) -> Source:
+def _weight_grad_module(generator: str, g: Geometry, L: int, rows: int, fv: int, FD: int, signature: str,
+                        parallel: bool) -> Source:
     """The start of a weight-gradient module, up to ``R``, the count of (n, oh) output rows."""
     made_for = [g, f"rows {rows}, filter vectors {fv}, tile {_tile_rows(g, FD)} rows"]
     src = _module(generator, f"load{L} as load, load_first{L} as load_first, splat{L} as splat, zero{L} as zero, "
                   "store, store_first, fma, add", made_for + ([f"{FD} output-gradient channels"] if FD != g.F else []),
-                  signature)
+                  signature, parallel=parallel)
     with src.indent():
         src(f"R = N * {g.OH}")
     return src
@@ -464,8 +481,9 @@ def _pooled_kernel(g: Geometry, b: Blocking):
 
 
 @lru_cache(maxsize=None)
-def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int):
-    return load_module("conv_weight_grad", weight_grad_source(g, lanes, rows, fv, dy_channels),
+def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int, one_thread: bool):
+    generator = one_thread_weight_grad_source if one_thread else weight_grad_source
+    return load_module("conv_weight_grad", generator(g, lanes, rows, fv, dy_channels),
                        f"a weight-gradient kernel for {_words(g)}").kernel
 
 
@@ -494,14 +512,14 @@ def forward_blocking(g: Geometry) -> Blocking | None:
     return choose_blocking(g.OW, g.F, lanes_for(g.F), _registers())
 
 
-def weight_grad_blocking(g: Geometry) -> tuple[int, int] | None:
-    """(rows, filter vectors) of the weight-gradient kernel for ``g``, or None. Three registers are left free
-    beside those of the forward kernel's blocking: with 27 sums a loop over a 28-wide map was compiled keeping
-    some of them in memory (at half the speed); with 24 no geometry measured lost anything."""
+def weight_grad_blocking(g: Geometry, one_thread: bool = False) -> tuple[int, int] | None:
+    """(rows, filter vectors) of the weight-gradient kernel for ``g`` (the one-thread kernel's with ``one_thread``),
+    or None. The one-thread kernel leaves three registers more free: with 27 sums a loop over a 28-wide map was
+    compiled keeping some of them in memory (at half the speed); with 24 no geometry measured lost anything."""
     lanes = lanes_for(g.F)
     if g.F % lanes:
         return None
-    b = choose_blocking(g.KH * g.KW * g.C, g.F, lanes, _registers() - 3)
+    b = choose_blocking(g.KH * g.KW * g.C, g.F, lanes, _registers() - (3 if one_thread else 0))
     return b.P, b.FV
 
 
@@ -563,35 +581,37 @@ def forward_max_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry
 
 
 def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db: np.ndarray,
-                groups: int | None = None) -> None:
+                one_thread: bool | None = None) -> None:
     """dw = sum over the batch of the products of xp's patches and dy, db = the sum of dy, each in ``CHUNKS``
-    partial sums added in order, the same bits on any number of threads. ``groups``: how many runs of chunks
-    go side by side (None: one per thread Numba runs; see ``weight_grad_source``). dy, dw and db may have fewer
-    channels than ``g.F`` (zero filters added to fill whole vectors): the sums of those filters are left out."""
-    groups = min(numba.get_num_threads() if groups is None else groups, CHUNKS)
-    rows, fv = weight_grad_blocking(g)
+    partial sums added in order, the same bits on any number of threads. ``one_thread``: whether to take the
+    kernel made for one thread, which adds the chunks as it goes (None: where Numba runs one thread). dy, dw and
+    db may have fewer channels than ``g.F`` (zero filters added to fill whole vectors): the sums of those
+    filters are left out."""
+    one_thread = numba.get_num_threads() == 1 if one_thread is None else one_thread
+    rows, fv = weight_grad_blocking(g, one_thread)
     K = g.KH * g.KW * g.C
-    kernel = _weight_grad_kernel(g, lanes_for(g.F), rows, fv, dy.shape[-1])
-    running = scratch("conv_weight_grad_running", (groups * (K + 1) * g.F,), np.float32)
+    kernel = _weight_grad_kernel(g, lanes_for(g.F), rows, fv, dy.shape[-1], one_thread)
+    if not one_thread:
+        partial = scratch("conv_weight_grad_partial", (CHUNKS, K + 1, g.F), np.float32)
+        kernel(xp.reshape(-1), dy.reshape(-1), partial.reshape(-1), xp.shape[0])
+        return add_in_order(partial, dw.reshape(K, dw.shape[-1]), db)
+    running = scratch("conv_weight_grad_running", ((K + 1) * g.F,), np.float32)
     running[:] = 0.0
-    later = CHUNKS - CHUNKS // groups  # the chunks of the runs after the first: one slot each
-    partial = scratch("conv_weight_grad_partial", (max(later, 1), K + 1, g.F), np.float32)
     flat = dw.reshape(-1) if dw.flags.c_contiguous else np.empty(dw.size, dw.dtype)  # else copied in below
-    kernel(xp.reshape(-1), dy.reshape(-1), flat, db, running, partial.reshape(-1), xp.shape[0], groups)
-    if later:
-        add_in_order(partial[:later], flat.reshape(K, dw.shape[-1]), db)
+    kernel(xp.reshape(-1), dy.reshape(-1), flat, db, running, xp.shape[0])
     if not dw.flags.c_contiguous:
         dw[...] = flat.reshape(dw.shape)
 
 
 @njit(parallel=True, cache=True)
 def add_in_order(partial, dw, db):
-    """dw += partial[0, :K], then += partial[1, :K], ..., db the same with the last row: in that order for every
-    element."""
+    """dw = partial[0, :K] + partial[1, :K] + ..., db the same of the last row, in that order for every element."""
     K, F = dw.shape  # partial may hold more filters (zero ones added to fill whole vectors): left out
     for k in prange(K + 1):
         out = dw[k] if k < K else db
-        for t in range(partial.shape[0]):
+        for f in range(F):
+            out[f] = partial[0, k, f]
+        for t in range(1, partial.shape[0]):
             for f in range(F):
                 out[f] += partial[t, k, f]
 
