@@ -226,7 +226,8 @@ def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False
     rows = (pad_top, pad_top + x.shape[1])  # the input's own rows: the taps on its zero border are skipped
     if x.flags.c_contiguous:
         # The kernel reads the input as it is; while training the padded copy the weight gradient reads is
-        # made here all the same (one forward kernel per geometry, whether training or not).
+        # made here all the same, every step: the backward pass knows its copy by the input array's identity, and
+        # training reuses the same input arrays from step to step (left to the backward pass, it was last step's).
         if workspace is not None:
             _padded_input(x, g, pad_top, pad_left, workspace)
         xp, border = x, (pad_top, pad_left)
