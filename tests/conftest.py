@@ -7,34 +7,52 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist's workers start with COLUMNS=80, and Rich's consoles (made when numbacnn.cli is first imported)
+# would keep that width for good; the CLI tests give each command its own COLUMNS.
+os.environ.pop("COLUMNS", None)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Numba reads the variable once, when it is first imported: this process is on the simulator or never is.
 ON_CUDA_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-_STARTED_RUNS = []
+
+
+# Under pytest-xdist (the README's test command runs one worker per core), each worker collects every test.
+IN_A_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: a worker per core this process may use (at most 8: each worker compiles kernels of its own)."""
+    return min(len(os.sched_getaffinity(0)), 8)
 
 
 def pytest_collection_modifyitems(items):
-    """The tests that wait for a background run go last, so that the run has the whole session to finish in."""
-    items.sort(key=lambda item: hasattr(getattr(item, "module", None), "BACKGROUND_RUN"))
+    """The tests that wait for a background run (``BACKGROUND_RUN``) go last in one process, so that the run has
+    the whole session to finish in; under pytest-xdist they go first, and the worker that takes one starts the
+    run and waits for it while the other workers go on."""
+    items.sort(key=lambda item: hasattr(getattr(item, "module", None), "BACKGROUND_RUN") != IN_A_WORKER)
 
 
 def pytest_collection_finish(session):
-    """Starts the background run (``BACKGROUND_RUN``, an object with ``start()`` and ``stop()``) of every test
-    module with a selected test, before the first test: such a run takes minutes on mostly one core, so it
-    goes on beside the rest of the suite and its test only waits for the result."""
-    if session.config.option.collectonly:
+    """In one process, starts the background run (``BACKGROUND_RUN``, an object with ``start()`` and ``stop()``)
+    of every test module with a selected test, before the first test: such a run takes minutes on mostly one
+    core, so it goes on beside the rest of the suite and its test only waits for the result. (A worker of
+    pytest-xdist does not: every worker collects every test, and only the one that runs the test starts it.)"""
+    if session.config.option.collectonly or IN_A_WORKER:
         return
-    for module in {item.module for item in session.items if isinstance(item, pytest.Function)}:
-        run = getattr(module, "BACKGROUND_RUN", None)
-        if run is not None:
-            run.start()
-            _STARTED_RUNS.append(run)
+    for run in _background_runs(session):
+        run.start()
 
 
 def pytest_sessionfinish(session):
     """A run whose test never waited for it (stopped by -x or Ctrl-C) ends with the session."""
-    for run in _STARTED_RUNS:
+    for run in _background_runs(session):
         run.stop()
+
+
+def _background_runs(session) -> list:
+    modules = {item.module for item in getattr(session, "items", []) if isinstance(item, pytest.Function)}
+    return [module.BACKGROUND_RUN for module in modules if hasattr(module, "BACKGROUND_RUN")]
 
 
 @pytest.fixture(scope="session")

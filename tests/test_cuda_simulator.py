@@ -3,7 +3,8 @@
 The simulator must be switched on before numba is first imported, so it cannot share this process with the
 CPU tests. On a machine with a real GPU, run the same files directly instead: ``pytest tests/test_cuda.py``.
 The run takes minutes, nearly all of them in one Python thread at a time: conftest.py starts it before the
-first test of the session (``BACKGROUND_RUN``), so that it uses a second core while the other tests run.
+first test of the session (``BACKGROUND_RUN``), or under pytest-xdist the worker that takes its test starts it
+first thing, so that it uses a core of its own while the other tests run.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class SimulatorRun:
         self.stdout, self.stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         self.deadline = time.monotonic() + TIMEOUT_S
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", SELECTED, *targets],
+            # -n 0: in one process, without pytest-xdist's workers (the run is itself beside the other tests)
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-k", SELECTED, *targets],
             cwd=REPO_ROOT, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, stdout=self.stdout,
             stderr=self.stderr, text=True,
         )
