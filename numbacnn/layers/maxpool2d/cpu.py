@@ -12,6 +12,13 @@ def maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
         maxpool2d_forward_any(x, size_h, size_w, stride_h, stride_w, out, argmax)
 
 
+@njit(inline="always", cache=True)
+def _later_wins(v, value, place, here):
+    """(value, place) after comparing a later value ``v`` at ``here``: it wins if larger, or if it is a NaN (the
+    general kernel's rule: the first maximum wins ties, a NaN wins)."""
+    return (v, here) if v > value or v != v else (value, place)
+
+
 @njit(parallel=True, cache=True)
 def maxpool2d_forward_2x2(x, out, argmax):
     """``maxpool2d_forward`` for 2x2 windows with stride 2, the common case: each window's four values compared
@@ -27,19 +34,9 @@ def maxpool2d_forward_2x2(x, out, argmax):
                 a, b, c_, d = x[n, top, left], x[n, top, left + 1], x[n, top + 1, left], x[n, top + 1, left + 1]
                 best, where = out[n, oh, ow], argmax[n, oh, ow]
                 for c in range(C):
-                    value, place = a[c], first
-                    # The same rule as the general kernel's: a later value wins if larger, or if it is a NaN.
-                    v = b[c]
-                    take = v > value or v != v
-                    value, place = (v, first + 1) if take else (value, place)
-                    v = c_[c]
-                    take = v > value or v != v
-                    value, place = (v, first + W) if take else (value, place)
-                    v = d[c]
-                    take = v > value or v != v
-                    value, place = (v, first + W + 1) if take else (value, place)
-                    best[c] = value
-                    where[c] = place
+                    value, place = _later_wins(b[c], a[c], first, first + 1)
+                    value, place = _later_wins(c_[c], value, place, first + W)
+                    best[c], where[c] = _later_wins(d[c], value, place, first + W + 1)
 
 
 @njit(parallel=True, cache=True)
