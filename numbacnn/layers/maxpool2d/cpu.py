@@ -14,8 +14,8 @@ def maxpool2d_forward(x, size_h, size_w, stride_h, stride_w, out, argmax):
 
 @njit(inline="always", cache=True)
 def _later_wins(v, value, place, here):
-    """(value, place) after comparing a later value ``v`` at ``here``: it wins if larger, or if it is a NaN (the
-    general kernel's rule: the first maximum wins ties, a NaN wins)."""
+    """(value, place) after comparing a later value ``v`` at ``here``: it wins if larger, or if it is a NaN, so
+    the first maximum wins ties and a NaN wins (PyTorch's rules)."""
     return (v, here) if v > value or v != v else (value, place)
 
 
@@ -58,10 +58,7 @@ def maxpool2d_forward_any(x, size_h, size_w, stride_h, stride_w, out, argmax):
                         for c in range(C):
                             # Both stores happen either way (selects, not branches): the loop vectorises, and
                             # no branch on random data is mispredicted.
-                            v, b = x[n, ih, iw, c], best[c]
-                            take = v > b or v != v  # the first maximum wins ties; a NaN wins (PyTorch's rules)
-                            best[c] = v if take else b
-                            where[c] = here if take else where[c]
+                            best[c], where[c] = _later_wins(x[n, ih, iw, c], best[c], where[c], here)
 
 
 # With at least this many channels, and windows that do not overlap, the backward pass writes every input
