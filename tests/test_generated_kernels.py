@@ -84,6 +84,21 @@ def test_a_strided_input_gradient_by_phases_matches_its_definition(k, stride, pa
     _close(dx, want[:, pad_top:pad_top + h, pad_left:pad_left + w], want)
 
 
+def test_a_strided_input_gradient_into_a_view_equals_one_into_its_own_array():
+    """Each phase writes straight into a contiguous dx; a dx that is a view of a larger array gets the same."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    weights = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)
+    dy = rng.standard_normal((2, 5, 4, 16)).astype(np.float32)
+    dw, db = np.empty_like(weights), np.empty(16, np.float32)
+    own, wider = np.full_like(x, np.nan), np.full((2, 9, 8, 6), np.nan, np.float32)
+    view = wider[..., ::2]
+    for dx in (own, view):
+        cpu.conv2d_backward(x, dy, weights, 2, 2, 1, 1, dw, db, dx)
+    np.testing.assert_array_equal(view, own)
+    assert np.isnan(wider[..., 1::2]).all()  # nothing written between the view's channels
+
+
 @pytest.mark.parametrize("lanes", LANES)
 def test_vector_intrinsics_match_numpy(lanes):
     rng = np.random.default_rng(lanes)
@@ -101,6 +116,21 @@ def test_vector_intrinsics_match_numpy(lanes):
     np.testing.assert_array_equal(got[4], np.where(a > b, a, b))
     np.testing.assert_array_equal(got[5], np.full(lanes, c[3]))
     np.testing.assert_array_equal(got[6], np.zeros(lanes))
+
+
+@njit
+def _where_equals(a, k, v, out):
+    simd.store(out, 0, simd.where_equals(a, 0, k, simd.load16(v, 0)))
+    simd.store(out, 16, simd.where_equals(a, 16, k, simd.load8(v, 16)))
+
+
+def test_where_equals_keeps_the_lanes_whose_index_matches():
+    a = np.array([3, 7, 3, -1, 3, 0, 2, 3] * 3, np.int32)
+    v = np.arange(1, 25, dtype=np.float32)
+    v[0] = np.nan
+    out = np.full(24, 99, np.float32)
+    _where_equals(a, 3, v, out)
+    np.testing.assert_array_equal(out, np.where(a == 3, v, 0))  # the NaN kept where its index matches
 
 
 @njit
@@ -438,7 +468,8 @@ def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, f
 def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, after, bias):
     """conv2d then batchnorm2d (then a ReLU or max pooling) as one step: while training, and for the gradients
     of saliency maps, the layers' own outputs and gradients to the bit; outside training, with the normalisation
-    folded into the filters, the same outputs to float32 rounding."""
+    folded into the filters, the same outputs to float32 rounding. (A first layer with max pooling is trained
+    from its input patches where the kernels allow it: tests/test_patch_moments.py; here it runs the layers.)"""
     from numbacnn.block import forward_chain_for_gradients
     from numbacnn.layers.conv2d import ConvThenBatchNorm
 
@@ -446,7 +477,9 @@ def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, a
         filters = 16  # pooling fuses with whole vectors of filters only
     spec = (f"conv2d({filters},3,padding=1,bias={bias}) batchnorm2d {after} conv2d(8,3,padding=1) flatten "
             f"dense(3)")
-    fused, plain = _fused_against_plain(spec, (size, size, 3), seed, ConvThenBatchNorm)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(cpu, "normalises_by_patches", lambda conv_layer, pool: False)
+        fused, plain = _fused_against_plain(spec, (size, size, 3), seed, ConvThenBatchNorm)
     assert len(fused.execution_order[0].parts) == 3 if after in ("relu", "maxpool2d(2)") else 2
     x = np.random.default_rng(seed + 1).standard_normal((4, size, size, 3)).astype(np.float32)
     np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-4, atol=1e-5)

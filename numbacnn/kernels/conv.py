@@ -56,6 +56,19 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """Where a forward kernel's outputs go in a larger array (N, H, W, channels): output (oh, ow) at row
+    top + oh * SH and column left + ow * SW."""
+
+    H: int
+    W: int
+    top: int
+    left: int
+    SH: int
+    SW: int
+
+
+@dataclass(frozen=True)
 class Blocking:
     """How many output positions (P) and filter vectors (FV) one block of accumulators holds."""
 
@@ -89,13 +102,14 @@ def choose_blocking(positions: int, filters: int, lanes: int, registers: int) ->
 
 def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool, rows: tuple[int, int],
                    FO: int, adds: bool = False, unpadded: tuple[int, int, int, int] | None = None,
-                   at: int | None = None) -> None:
+                   at: int | None = None, grid: Grid | None = None) -> None:
     """Source for one block of ``count`` positions starting at ``ow0`` (a variable, or the number ``at``),
     filters from ``f0``; only the taps on the input rows ``rows`` (first, end) are added (the others are zero
     borders); the output has ``FO`` channels (the first ``FO`` filters are stored); with ``adds``, each value
     plus ``addend``'s at the same place before the ReLU. ``unpadded`` (H, W, top, left): ``x`` is the input
     itself, not bordered with zeros; a block ``at`` a fixed place skips the taps that fall on the border
-    columns, one column of taps at a time (the taps kept are added in the same order)."""
+    columns, one column of taps at a time (the taps kept are added in the same order). ``grid``: where the
+    outputs go in ``out`` (see ``forward_source``)."""
     L, FV = b.lanes, b.FV
     for v in range(FV):
         src(f"bias_{v} = load(bias, f0 + {v * L})")
@@ -129,19 +143,24 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
                     for p in positions:
                         src(f"x_{p} = splat(x, xi + {p * g.SW * g.C})")
                         src(*(f"acc_{p}_{v} = fma(x_{p}, w_{v}, acc_{p}_{v})" for v in range(FV)))
-    src(f"oi = ((n * {g.OH} + oh) * {g.OW} + ow0) * {FO} + f0")
+    if grid is None:
+        src(f"oi = ((n * {g.OH} + oh) * {g.OW} + ow0) * {FO} + f0")
+    else:
+        src(f"oi = ((n * {grid.H} + {grid.top} + oh * {grid.SH}) * {grid.W} + {grid.left} + ow0 * {grid.SW}) "
+            f"* {FO} + f0")
+    step = FO if grid is None else grid.SW * FO  # from one output position to the next in ``out``
     for p in range(count):
         for v in range(FV):
             value = f"acc_{p}_{v}"
             if adds:
-                value = f"add({value}, {_dy_vector(g, v, L, FO, f'oi + {p * FO}', 'addend')})"
+                value = f"add({value}, {_dy_vector(g, v, L, FO, f'oi + {p * step}', 'addend')})"
             value = f"relu({value})" if relu else value
             if FO == g.F:
-                src(f"store(out, oi + {p * FO + v * L}, {value})")
+                src(f"store(out, oi + {p * step + v * L}, {value})")
             else:  # the last filters are the zero ones added to fill whole vectors: not stored
                 src(f"if lanes_{v} > 0:")
                 with src.indent():
-                    src(f"store_first(out, oi + {p * FO + v * L}, {value}, lanes_{v})")
+                    src(f"store_first(out, oi + {p * step + v * L}, {value}, lanes_{v})")
 
 
 def _module(generator: str, intrinsics: str, comments: list, signature: str, parallel: bool = True) -> Source:
@@ -158,7 +177,7 @@ def _module(generator: str, intrinsics: str, comments: list, signature: str, par
 
 def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int, int] | None = None,
                    out_channels: int | None = None, adds: bool = False,
-                   unpadded: tuple[int, int, int, int] | None = None) -> str:
+                   unpadded: tuple[int, int, int, int] | None = None, grid: Grid | None = None) -> str:
     """A module with ``kernel(x, w, bias, out, N, addend)``: the convolution of the flat padded input ``x`` (N,
     HP, WP, C) with the flat filters ``w`` plus ``bias``, plus with ``adds`` the flat ``addend`` (shaped as
     ``out``; else it is not read), into the flat ``out`` (N, OH, OW, F); with ``relu``, max(., 0).
@@ -167,7 +186,9 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
     ``out_channels``: where less than F, ``out`` has that many channels and the filters after them (zero ones
     that fill whole vectors) are computed but not stored. ``unpadded`` (H, W, top, left): ``x`` is the input
     (N, H, W, C) itself, with no zero border (``rows`` then says which rows of the padded grid are its own): the
-    blocks at the left and right edges skip the taps on the missing columns, the others are as above."""
+    blocks at the left and right edges skip the taps on the missing columns, the others are as above.
+    ``grid``: ``out`` is (N, grid.H, grid.W, F) and output (oh, ow) goes to row grid.top + oh * grid.SH, column
+    grid.left + ow * grid.SW (one phase of a strided convolution's input gradient); None: out is (N, OH, OW, F)."""
     L = b.lanes
     rows = (0, g.HP) if rows is None else (max(0, rows[0]), min(g.HP, rows[1]))
     FO = g.F if out_channels is None else out_channels
@@ -181,7 +202,8 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
                   "store_first, fma, add, relu",
                   [g, b] + ([f"rows {rows[0]} to {rows[1]}"] if rows != (0, g.HP) else [])
                   + ([f"{FO} output channels"] if FO != g.F else []) + (["adds addend"] if adds else [])
-                  + ([f"reads the input unpadded: (H, W, top, left) = {unpadded}"] if unpadded else []),
+                  + ([f"reads the input unpadded: (H, W, top, left) = {unpadded}"] if unpadded else [])
+                  + ([f"writes into {grid}"] if grid else []),
                   "kernel(x, w, bias, out, N, addend)")
     with src.indent():
         src(f"for row in prange(N * {g.OH}):")
@@ -196,13 +218,13 @@ def forward_source(g: Geometry, b: Blocking, relu: bool = False, rows: tuple[int
                     src(f"for blk in range({whole[0] // b.P}, {whole[-1] // b.P + 1}):")
                     with src.indent():
                         src(f"ow0 = blk * {b.P}")
-                        _forward_block(src, g, b, b.P, relu, rows, FO, adds, unpadded)
+                        _forward_block(src, g, b, b.P, relu, rows, FO, adds, unpadded, grid=grid)
                 for at, n in blocks:
                     if at in whole:
                         continue
                     src(f"ow0 = {at}")
                     _forward_block(src, g, b, n, relu, rows, FO, adds, unpadded,
-                                   at=None if (at, n) in inside else at)
+                                   at=None if (at, n) in inside else at, grid=grid)
     return src.text()
 
 
@@ -414,6 +436,51 @@ def _tile_blocks(src: Source, g: Geometry, L: int, rows: int, fv: int, FD: int, 
         _bias_grad_block(src, g, L, fv, FD, sums_in, sums_out)
 
 
+def pooled_weight_grad_source(g: Geometry, lanes: int, rows: int, images_per_part: int) -> str:
+    """A module with ``kernel(x, dy, argmax, taps, grads, N)``, for a convolution followed by 2x2 max pooling
+    with stride 2 whose pooled gradient is ``dy`` (N, OH // 2, OW // 2, F) and whose winners are ``argmax`` (the
+    flat oh * OW + ow, as ``pooled_source`` writes them): for each part of ``images_per_part`` images, side by
+    side, taps[part, k, f] = the sum over its pooled positions of dy times x at tap k of the position that won
+    filter f's window, and grads[part, f] = the sum of dy, in float32, the positions added in order. A block of
+    ``rows`` taps x one filter vector stays in registers through a part; each window's four positions take dy
+    where they won (``where_equals``), 0 elsewhere."""
+    L, K = lanes, g.KH * g.KW * g.C
+    PH, PW = g.OH // 2, g.OW // 2
+    src = _module("pooled_weight_grad_source", f"load{L} as load, zero{L} as zero, splat{L} as splat, store, fma, "
+                  "add, where_equals", [g, f"{rows} taps a block, {images_per_part} images a part"],
+                  "kernel(x, dy, argmax, taps, grads, N)")
+    with src.indent():
+        src(f"for part in prange((N + {images_per_part - 1}) // {images_per_part}):")
+        with src.indent():
+            src(f"first = part * {images_per_part}", f"last = min(N, first + {images_per_part})")
+            src(f"for f0 in range(0, {g.F}, {L}):")
+            with src.indent():
+                for k0 in range(0, K, rows):
+                    block = range(k0, min(K, k0 + rows))
+                    src(*(f"acc_{k} = zero()" for k in block), *(["total = zero()"] if k0 == 0 else []))
+                    src("for n in range(first, last):")
+                    with src.indent():
+                        src(f"for ph in range({PH}):")
+                        with src.indent():
+                            src(f"for pw in range({PW}):")
+                            with src.indent():
+                                src(f"di = ((n * {PH} + ph) * {PW} + pw) * {g.F} + f0", "d = load(dy, di)")
+                                if k0 == 0:
+                                    src("total = add(total, d)")
+                                for qh, qw in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                                    src(f"won = where_equals(argmax, di, (2 * ph + {qh}) * {g.OW} + 2 * pw + {qw}, d)",
+                                        f"xi = ((n * {g.HP} + (2 * ph + {qh}) * {g.SH}) * {g.WP} "
+                                        f"+ (2 * pw + {qw}) * {g.SW}) * {g.C}")
+                                    for k in block:
+                                        c, t = k % g.C, k // g.C
+                                        offset = ((t // g.KW) * g.WP + t % g.KW) * g.C + c
+                                        src(f"acc_{k} = fma(splat(x, xi + {offset}), won, acc_{k})")
+                    src(*(f"store(taps, (part * {K} + {k}) * {g.F} + f0, acc_{k})" for k in block))
+                    if k0 == 0:
+                        src(f"store(grads, part * {g.F} + f0, total)")
+    return src.text()
+
+
 def _tile_rows(g: Geometry, FD: int) -> int:
     """The output-gradient rows of one tile of the weight-gradient kernels: ``TILE_BYTES`` of them."""
     return max(1, TILE_BYTES // (g.OW * FD * 4))
@@ -469,8 +536,8 @@ def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD
 
 @lru_cache(maxsize=None)
 def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] | None, out_channels: int,
-                    adds: bool, unpadded: tuple[int, int, int, int] | None):
-    return load_module("conv_forward", forward_source(g, b, relu, rows, out_channels, adds, unpadded),
+                    adds: bool, unpadded: tuple[int, int, int, int] | None, grid: Grid | None):
+    return load_module("conv_forward", forward_source(g, b, relu, rows, out_channels, adds, unpadded, grid),
                        f"a convolution kernel for {_words(g)}").kernel
 
 
@@ -485,6 +552,12 @@ def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int, dy_channels
     generator = one_thread_weight_grad_source if one_thread else weight_grad_source
     return load_module("conv_weight_grad", generator(g, lanes, rows, fv, dy_channels),
                        f"a weight-gradient kernel for {_words(g)}").kernel
+
+
+@lru_cache(maxsize=None)
+def _pooled_weight_grad_kernel(g: Geometry, lanes: int, rows: int, images_per_part: int):
+    return load_module("conv_pooled_weight_grad", pooled_weight_grad_source(g, lanes, rows, images_per_part),
+                       f"a pooled weight-gradient kernel for {_words(g)}").kernel
 
 
 def _words(g: Geometry) -> str:
@@ -560,14 +633,16 @@ def pad_into(x, top, left, out):
 
 def forward(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray, relu: bool = False,
             rows: tuple[int, int] | None = None, addend: np.ndarray | None = None,
-            border: tuple[int, int] | None = None) -> None:
+            border: tuple[int, int] | None = None, grid: Grid | None = None) -> None:
     """out = conv(xp, w) + b (+ ``addend``, shaped as ``out``; max(., 0) with ``relu``), xp already padded to
     (HP, WP); with ``rows`` (first, end), the rows of xp outside them are taken to be zero and skipped. With
     ``border`` (top, left), xp is the input itself, not padded: the kernel skips the taps on its zero border
     (``rows`` must then be its own rows, (top, top + height)). ``out`` may have fewer channels than ``w`` has
-    filters (zero filters added to fill whole vectors): it gets the first ones."""
+    filters (zero filters added to fill whole vectors): it gets the first ones. With ``grid``, out is larger and
+    the outputs go to that grid's places in it (see ``forward_source``; not with ``addend``)."""
+    assert grid is None or addend is None
     unpadded = None if border is None else (xp.shape[1], xp.shape[2], *border)
-    kernel = _forward_kernel(g, forward_blocking(g), relu, rows, out.shape[-1], addend is not None, unpadded)
+    kernel = _forward_kernel(g, forward_blocking(g), relu, rows, out.shape[-1], addend is not None, unpadded, grid)
     kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0],
            out.reshape(-1) if addend is None else addend.reshape(-1))
 
@@ -601,6 +676,15 @@ def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db:
     kernel(xp.reshape(-1), dy.reshape(-1), flat, db, running, xp.shape[0])
     if not dw.flags.c_contiguous:
         dw[...] = flat.reshape(dw.shape)
+
+
+def pooled_weight_grad(xp: np.ndarray, dy: np.ndarray, argmax: np.ndarray, g: Geometry, images_per_part: int,
+                       taps: np.ndarray, grads: np.ndarray) -> None:
+    """For a convolution followed by 2x2 max pooling with stride 2 (see ``pooled_weight_grad_source``): taps[p]
+    (K x F) = the sums over part p's pooled positions of dy times the winners' patch values, grads[p] = the sums
+    of dy, in float32, part p being images p * images_per_part onwards."""
+    kernel = _pooled_weight_grad_kernel(g, lanes_for(g.F), _registers() - 6, images_per_part)
+    kernel(xp.reshape(-1), dy.reshape(-1), argmax.reshape(-1), taps.reshape(-1), grads.reshape(-1), xp.shape[0])
 
 
 @njit(parallel=True, cache=True)

@@ -24,6 +24,7 @@ to single LLVM instructions:
     isnan(v)                             a mask of the lanes that hold NaN
     either(m, k)                         the lanes set in either mask
     store_int32(a, i, v)                 v's lanes (whole numbers below 2**24) to a contiguous int32 array
+    where_equals(a, i, k, v)             v's lanes where the contiguous int32 array's a[i + lane] == k, else 0
     select(mask, a, b)                   a where mask, else b
     lane(v, k)                           lane k as a float32 scalar (k a constant)
 
@@ -342,6 +343,31 @@ def store_int32(typingctx, a, i, v):
         return context.get_dummy_value()
 
     return types.none(a, i, v), codegen
+
+
+@intrinsic
+def where_equals(typingctx, a, i, k, v):
+    """The lanes of ``v`` where a[i + lane] == k (``a`` a contiguous int32 array, such as ``store_int32``
+    writes), the others 0: a max pooling window's gradient kept where its winner is."""
+    if not (isinstance(a, types.Array) and a.dtype == types.int32 and a.layout == "C"
+            and isinstance(i, types.Integer) and isinstance(k, types.Integer) and isinstance(v, FloatVector)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes = signature.args[3].lanes
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        integers = ir.VectorType(ir.IntType(32), lanes)
+        pointer = builder.bitcast(builder.gep(array.data, [index], inbounds=True), integers.as_pointer())
+        wanted = builder.insert_element(ir.Constant(integers, ir.Undefined),
+                                        context.cast(builder, args[2], signature.args[2], types.int32),
+                                        ir.Constant(ir.IntType(32), 0))
+        wanted = builder.shuffle_vector(wanted, ir.Constant(integers, ir.Undefined),
+                                        ir.Constant(integers, [0] * lanes))
+        equal = builder.icmp_signed("==", builder.load(pointer, align=4), wanted)
+        return builder.select(equal, args[3], ir.Constant(_vector_type(lanes), [0.0] * lanes))
+
+    return v(a, i, k, v), codegen
 
 
 @intrinsic

@@ -231,13 +231,19 @@ class ConvThenBatchNorm(_ConvThen):
     the batch's statistics are known only once the convolution is done. Outside training the normalisation is
     a fixed scale and shift per channel, folded into the filters and the bias, and one kernel does it all: the
     full-size feature maps are neither written nor read again. Its outputs then agree with the layers run
-    apart to float32 rounding, not to the bit (the scale multiplies the filters before the sum, not the sum)."""
+    apart to float32 rounding, not to the bit (the scale multiplies the filters before the sum, not the sum).
+
+    A first layer with small filters and max pooling after it (``normalises_by_patches``, small-resnet's) is
+    folded while training too: its batch's statistics and its gradients come from small sums over its input
+    patches (see ``conv2d/patch_moments.py``), and its full-size feature maps are never made. Its outputs and
+    gradients agree with the layers run apart to float32 rounding."""
 
     name = "conv2d+batchnorm2d"
 
     def __init__(self, conv: Conv2D, batchnorm: BatchNorm2D, after: Layer | None = None):
         super().__init__(conv, after or batchnorm)
         self.batchnorm, self.after = batchnorm, after
+        self._by_patches = False  # whether the last training pass ran from the input patches
 
     @property
     def parts(self) -> tuple[Layer, ...]:
@@ -249,15 +255,31 @@ class ConvThenBatchNorm(_ConvThen):
         return None
 
     def forward(self, x, *, training=False):
-        if training:
+        if not training:
+            return self._folded_forward(x, *self._folded(*self._running_statistics()), training)
+        self._by_patches = x.shape[0] > 0 and self._normalises_by_patches()
+        if not self._by_patches:
             return self._apart(x, lambda layer, y: layer.forward(y, training=True))
+        conv, bn = self.conv, self.batchnorm
+        mean, inv_std = self._statistics()
+        conv.kernels.batch_statistics_by_patches(
+            x, conv.params["weight"], conv.bias_or_zeros(conv.filters), *conv._strides_and_padding(), conv.out_shape,
+            bn.momentum, bn.eps, bn.state["running_mean"], bn.state["running_var"], mean, inv_std, conv._workspace)
+        return self._folded_forward(x, *self._folded(mean, inv_std), training)
+
+    def _normalises_by_patches(self) -> bool:
+        decides = getattr(self.conv.kernels, "normalises_by_patches", None)
+        return isinstance(self.after, MaxPool2D) and decides is not None and decides(self.conv, self.after)
+
+    def _folded_forward(self, x, weight, bias, training):
+        """The convolution with the normalisation folded into ``weight`` and ``bias``, and what comes after it,
+        as one kernel."""
         conv, after = self.conv, self.after
-        weight, bias = self._folded()
         args = (x, weight, bias, *conv._strides_and_padding())
         conv._x = self.batchnorm._x = None
         if isinstance(after, MaxPool2D):
-            out = after.result("out", (x.shape[0], *after.out_shape), False)
-            argmax = after.buffer("argmax", out.shape, np.int32)
+            out = after.result("out", (x.shape[0], *after.out_shape), training)
+            self._argmax = argmax = after.buffer("argmax", out.shape, np.int32)
             conv.kernels.conv2d_forward_max_pooled(*args, conv.out_shape, out, argmax)
             after._argmax, after._relu_out = None, None
             return out
@@ -273,13 +295,14 @@ class ConvThenBatchNorm(_ConvThen):
     def forward_adding(self, x, addend, out, relu: bool = False):
         """Outside training, for a residual block whose last step this is (see ``Conv2D.forward_adding``): the
         folded convolution plus ``addend``, max(., 0) with ``relu``, in one kernel."""
-        weight, bias = self._folded()
+        weight, bias = self._folded(*self._running_statistics())
         self.conv.kernels.conv2d_forward_add_relu(x, weight, bias, *self.conv._strides_and_padding(), addend, out,
                                                   relu=relu)
         self.conv._x = self.batchnorm._x = None
         return out
 
     def forward_for_gradients(self, x):
+        self._by_patches = False
         return self._apart(x, lambda layer, y: layer.forward_for_gradients(y))
 
     def __repr__(self) -> str:
@@ -291,17 +314,38 @@ class ConvThenBatchNorm(_ConvThen):
         return x
 
     def backward(self, dy):
+        if self._by_patches:
+            return self._backward_by_patches(dy)
         if self.after is not None:
             dy = self.after.backward(dy)
         return self.conv.backward(self.batchnorm.backward(dy))
 
-    def _folded(self):
-        """The filters and bias of the convolution with the normalisation by the running statistics in them:
-        each filter times its channel's scale, weight / sqrt(running variance + eps), and each bias
-        (bias - running mean) * scale + shift."""
+    def _backward_by_patches(self, dy):
         conv, bn = self.conv, self.batchnorm
-        mean, inv_std = bn.buffer("mean", (bn.channels,)), bn.buffer("inv_std", (bn.channels,))
+        db = conv.grads["bias"] if conv.bias else conv.buffer("unused_db", (conv.filters,))
+        stride_h, stride_w, _, _ = conv._strides_and_padding()
+        conv.kernels.batchnorm_max_pooled_backward_by_patches(
+            dy, self._argmax, conv.params["weight"], conv.bias_or_zeros(conv.filters), stride_h, stride_w,
+            conv.out_shape, bn.params["weight"], *self._statistics(), conv.grads["weight"], db, bn.grads["weight"],
+            bn.grads["bias"], conv._workspace)
+        return None  # a first layer: no input gradient (``normalises_by_patches``)
+
+    def _statistics(self):
+        """The batch normalisation's arrays for the mean and 1 / std it normalises by."""
+        bn = self.batchnorm
+        return bn.buffer("mean", (bn.channels,)), bn.buffer("inv_std", (bn.channels,))
+
+    def _running_statistics(self):
+        bn = self.batchnorm
+        mean, inv_std = self._statistics()
         bn.kernels.running_statistics(bn.state["running_mean"], bn.state["running_var"], bn.eps, mean, inv_std)
+        return mean, inv_std
+
+    def _folded(self, mean, inv_std):
+        """The filters and bias of the convolution with the normalisation by ``mean`` and ``inv_std`` (the
+        running statistics outside training) in them: each filter times its channel's scale, weight * inv_std,
+        and each bias (bias - mean) * scale + shift."""
+        conv, bn = self.conv, self.batchnorm
         scale = inv_std * bn.params["weight"]
         filters = conv.params["weight"]
         weight = np.multiply(filters, scale, out=conv.buffer("folded_weight", filters.shape))

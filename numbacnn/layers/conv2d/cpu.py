@@ -17,10 +17,12 @@ import numpy as np
 from numba import njit, prange
 
 from ...kernels import conv as generated
+from ..batchnorm2d.cpu import finish_statistics
 from ..maxpool2d.cpu import maxpool2d_forward
 from ..relu.cpu import relu_forward
 
 from ...cpu_kernels import FMA, matmul, matmul_t, scratch, transpose_last
+from . import patch_moments
 
 # NUMBACNN_KERNELS=generic runs every convolution through the generic kernels below (the reference the
 # generated ones are tested against, and the way to compare the two); =generated takes the generated kernels
@@ -40,6 +42,10 @@ ONE_CHANNEL_MAX_FILTERS = 32
 # measured at 3.6x for 6 filters and 2.2x for 12, but 0.95x for 8 and 0.86x for 16, which fill whole vectors
 # in the direct kernel's filter loop.
 ONE_CHANNEL_GRAD_VECTOR = 8
+# A first layer whose filters have at most this many weights, with batch normalisation and max pooling after
+# it, trains from its input patches' moments (``patch_moments``): their K x K products cost K * K / 2 per
+# position, less than one pass over the feature maps up to a (3,3,3) filter's 27.
+PATCH_MOMENTS_MAX_WEIGHTS = 27
 
 
 def conv2d_forward(x, w, b, stride_h, stride_w, pad_top, pad_left, out, workspace=None):
@@ -201,6 +207,73 @@ def conv2d_forward_max_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, co
     generated.forward_max_pooled(xp, w, b, g, out, argmax)
 
 
+def normalises_by_patches(conv, pool) -> bool:
+    """Whether, while training, ``conv`` with batch normalisation and the max pooling ``pool`` after it runs from
+    its input patches' moments (``patch_moments``): a convolution that needs no input gradient (a first layer),
+    whose filters have at most ``PATCH_MOMENTS_MAX_WEIGHTS`` weights and whose kernel does the pooling."""
+    kh, kw = conv._kernel
+    return (not conv.needs_input_grad and kh * kw * conv.in_shape[2] <= PATCH_MOMENTS_MAX_WEIGHTS
+            and fuses_max_pool(conv, pool))
+
+
+def batch_statistics_by_patches(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, momentum, eps,
+                                running_mean, running_var, mean, inv_std, workspace):
+    """What ``batch_statistics`` (batchnorm2d) makes of this convolution's output (``conv_shape`` without the
+    batch axis), from its input patches alone: the output is never computed. ``workspace`` keeps the patches'
+    sums for ``batchnorm_max_pooled_backward_by_patches``."""
+    KH, KW, C, F = w.shape
+    (OH, OW), rows = conv_shape[:2], x.shape[0] * conv_shape[0] * conv_shape[1]
+    xp = _bordered(x, (OH - 1) * stride_h + KH, (OW - 1) * stride_w + KW, pad_top, pad_left, workspace)
+    K, count = KH * KW * C, patch_moments.parts(x.shape[0])
+    gram, sums = scratch("patch_gram", (count, K, K), np.float64), scratch("patch_sums", (count, K), np.float64)
+    patch_moments.patch_moments(xp, KH, KW, stride_h, stride_w, OH, OW, gram, sums)
+    total = workspace["patch_sum"] = sums.sum(axis=0)
+    centred = workspace["patch_products"] = gram.sum(axis=0) - np.outer(total, total) / rows
+    filters = w.reshape((K, F)).astype(np.float64)
+    moments = np.empty((1, 2, F))  # as one chunk of batch_statistics: (mean, sum of squared deviations)
+    moments[0, 0] = total @ filters / rows + b
+    moments[0, 1] = np.maximum(np.einsum("kf,kf->f", filters, centred @ filters), 0.0)
+    finish_statistics(moments, rows, rows, float(momentum), float(eps), running_mean, running_var, mean, inv_std)
+
+
+def batchnorm_max_pooled_backward_by_patches(dy, argmax, w, b, stride_h, stride_w, conv_shape, gamma, mean, inv_std,
+                                             dw, db, dgamma, dbeta, workspace):
+    """The gradients of the convolution (``dw``, ``db``) and of the batch normalisation after it (``dgamma``,
+    ``dbeta``) given ``dy``, that of the 2x2 max pooling with stride 2 after them, and its winners ``argmax``,
+    from the sums ``batch_statistics_by_patches`` kept in ``workspace`` (see ``patch_moments``)."""
+    KH, KW, C, F = w.shape
+    (OH, OW), rows = conv_shape[:2], dy.shape[0] * conv_shape[0] * conv_shape[1]
+    xp, count = workspace["patches_of"], patch_moments.parts(dy.shape[0])
+    taps, grads = scratch("patch_taps", (count, KH * KW * C, F), dy.dtype), scratch("patch_grads", (count, F), dy.dtype)
+    if dy.dtype == np.float32 and generated_kernels_enabled() and generated.takes(F) and dy.flags.c_contiguous:
+        g = generated.Geometry(xp.shape[1], xp.shape[2], C, KH, KW, F, stride_h, stride_w, OH, OW)
+        generated.pooled_weight_grad(xp, dy, argmax, g, patch_moments.IMAGES_PER_PART, taps, grads)
+    else:
+        patch_moments.pooled_patch_sums(xp, dy, argmax, KH, KW, stride_h, stride_w, OW, taps, grads)
+    taps, dshift = taps.sum(axis=0, dtype=np.float64), grads.sum(axis=0, dtype=np.float64)
+    filters = w.reshape(taps.shape).astype(np.float64)
+    mean, inv_std = mean.astype(np.float64), inv_std.astype(np.float64)
+    dscale = inv_std * (np.einsum("kf,kf->f", filters, taps) + (b - mean) * dshift)
+    through_statistics = np.outer(workspace["patch_sum"], dshift / rows) + (
+        dscale * inv_std / rows) * (workspace["patch_products"] @ filters)
+    dw[...] = ((gamma * inv_std) * (taps - through_statistics)).reshape(dw.shape)
+    db[...] = 0  # a bias before batch normalisation moves the mean with it: it changes nothing after
+    dgamma[...], dbeta[...] = dscale, dshift
+
+
+def _bordered(x, height, width, top, left, workspace):
+    """``x`` with ``top`` zero rows and ``left`` zero columns before it, cut or filled with zeros to
+    ``height`` x ``width`` (every value a filter reads), kept in ``workspace["patches_of"]`` for the backward
+    pass."""
+    N, H, W, C = x.shape
+    out = workspace.get("patches_of")
+    if out is None or out.shape != (N, height, width, C) or out.dtype != x.dtype:
+        out = workspace["patches_of"] = np.empty((N, height, width, C), x.dtype)
+    out[...] = 0
+    out[:, top:top + H, left:left + W] = x[:, :height - top, :width - left]
+    return out
+
+
 def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
     """``x`` bordered with zeros (or cut) to the generated kernels' (HP, WP): kept in ``workspace`` for the
     backward pass when training (which takes it from there: ``backward``), else in shared scratch memory."""
@@ -253,12 +326,13 @@ def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
     _input_grad(dy, wide, g, gx, g.KH - 1 - pad_top, g.KW - 1 - pad_left, dx, "conv_w_turned")
 
 
-def _input_grad(dy, w, g, gx, top, left, dx, name):
+def _input_grad(dy, w, g, gx, top, left, dx, name, grid=None):
     """dx = the stride-1 convolution of dy, bordered by ``top`` and ``left`` zero rows and columns (or cut
     where negative) to gx's (HP, WP), with the filters ``w`` turned around: a stride-1 convolution's input
     gradient, or one phase of a strided one's (``_input_grad_by_phases``). ``w`` has ``g.F`` filters (dy's,
     with zero ones added to fill whole vectors); ``dx`` has w's channels (``gx.F`` of them are computed: zero
-    ones added, not stored). ``name``: the scratch array for the filters turned around."""
+    ones added, not stored). ``name``: the scratch array for the filters turned around. ``grid``: dx is larger,
+    and the results go to that grid's places in it (``kernels.conv.Grid``)."""
     w_turned = scratch(name, (gx.KH, gx.KW, g.F, gx.F), w.dtype)
     w_turned[..., w.shape[2]:] = 0
     generated.flipped(w, w_turned[..., :w.shape[2]])
@@ -266,10 +340,10 @@ def _input_grad(dy, w, g, gx, top, left, dx, name):
     no_bias[:] = 0
     rows = (top, top + dy.shape[1])  # only dy's own rows hold anything: the taps on the others are skipped
     if dy.shape[-1] == g.F and dy.flags.c_contiguous:  # the kernel reads dy as it is, skipping its border
-        return generated.forward(dy, w_turned, no_bias, gx, dx, rows=rows, border=(top, left))
+        return generated.forward(dy, w_turned, no_bias, gx, dx, rows=rows, border=(top, left), grid=grid)
     dyp = scratch("conv_dy_padded", (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)  # zero filters' channels added
     generated.pad_into(dy, top, left, dyp)
-    generated.forward(dyp, w_turned, no_bias, gx, dx, rows=rows)
+    generated.forward(dyp, w_turned, no_bias, gx, dx, rows=rows, grid=grid)
 
 
 class _Phase(NamedTuple):
@@ -297,24 +371,27 @@ def _input_grad_by_phases(dy, w, g, pad_top, pad_left, dx):
     only the taps r, r + SH, ... of each filter, so a phase (of rows and of columns) is a stride-1 convolution
     of dy with that part of the filters, turned around. No tap meets the zeros that dy spread out to the
     input's grid would hold between its rows and columns (three in four of them at stride 2). A phase that
-    no tap reaches (a 1x1 filter's odd rows) is zero."""
+    no tap reaches (a 1x1 filter's odd rows) is zero. Each phase's kernel writes its rows and columns of dx
+    in place (a contiguous dx; else through a copy)."""
     N, H, W, C = dx.shape
-    for rh in range(g.SH):
-        rows = _phase(rh, g.SH, g.KH, pad_top, H)
-        for rw in range(g.SW):
-            cols = _phase(rw, g.SW, g.KW, pad_left, W)
-            target = dx[:, rows.first::g.SH, cols.first::g.SW]
-            if target.size == 0:
-                continue
-            if rows.taps == 0 or cols.taps == 0:
-                target[...] = 0
-                continue
-            gx = generated.Geometry(rows.count + rows.taps - 1, cols.count + cols.taps - 1, g.F, rows.taps,
-                                    cols.taps, padded_channels(C), 1, 1, rows.count, cols.count)
-            part = scratch(f"conv_dx_phase_{rh}_{rw}", (N, rows.count, cols.count, C), dx.dtype)
-            _input_grad(dy, w[rh::g.SH, rw::g.SW], g, gx, rows.taps - 1 - rows.q0, cols.taps - 1 - cols.q0, part,
-                        f"conv_w_turned_phase_{rh}_{rw}")
-            target[...] = part
+    phases = [(_phase(rh, g.SH, g.KH, pad_top, H), _phase(rw, g.SW, g.KW, pad_left, W))
+              for rh in range(g.SH) for rw in range(g.SW)]
+    phases = [(rows, cols) for rows, cols in phases if rows.count and cols.count]
+    if any(rows.taps == 0 or cols.taps == 0 for rows, cols in phases):
+        dx[...] = 0  # once, contiguous: cheaper than the strided phases one by one
+    for rows, cols in phases:
+        if rows.taps == 0 or cols.taps == 0:
+            continue
+        gx = generated.Geometry(rows.count + rows.taps - 1, cols.count + cols.taps - 1, g.F, rows.taps,
+                                cols.taps, padded_channels(C), 1, 1, rows.count, cols.count)
+        args = (dy, w[rows.tap::g.SH, cols.tap::g.SW], g, gx, rows.taps - 1 - rows.q0, cols.taps - 1 - cols.q0)
+        name = f"conv_w_turned_phase_{rows.tap}_{cols.tap}"
+        if dx.flags.c_contiguous:
+            _input_grad(*args, dx, name, generated.Grid(H, W, rows.first, cols.first, g.SH, g.SW))
+            continue
+        part = scratch(f"conv_dx_phase_{rows.tap}_{cols.tap}", (N, rows.count, cols.count, C), dx.dtype)
+        _input_grad(*args, part, name)
+        dx[:, rows.first::g.SH, cols.first::g.SW] = part
 
 
 def _input_grad_geometry(g, dx_shape, pad_top, pad_left):
