@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -337,6 +337,39 @@ def test_the_one_thread_weight_gradient_is_the_side_by_side_one_to_the_bit(case,
     _close(results[0][0], np.einsum("nhwcij,nhwf->ijcf", np.lib.stride_tricks.sliding_window_view(
         xp.astype(np.float64), (k, k), axis=(1, 2))[:, ::stride, ::stride][:, :oh, :ow], dy.astype(np.float64)),
         dy)
+
+
+@settings(max_examples=2, deadline=None)  # each geometry compiles four kernels
+@given(lanes=st.sampled_from(LANES), k=st.integers(1, 5), stride=st.integers(1, 2), pads=st.tuples(
+    st.integers(0, 4), st.integers(0, 4)), size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       channels=st.sampled_from((6, 8, 16, 48)), batch=st.integers(1, 20), seed=st.integers(0, 2**16))
+@example(lanes=16, k=3, stride=1, pads=(1, 1), size=(14, 14), channels=48, batch=3, seed=0)  # small-resnet's
+@example(lanes=8, k=3, stride=2, pads=(1, 1), size=(14, 14), channels=48, batch=2, seed=0)  # its strided one
+def test_the_weight_gradient_of_the_unpadded_input_is_the_padded_ones_to_the_bit(lanes, k, stride, pads, size,
+                                                                                  channels, batch, seed):
+    """Read as it is, the input's zero border is skipped instead of added: the same bits, on one thread and on
+    several, for borders wider than the filter (rows no tap reaches) and outputs that stop short of the input."""
+    (pad_top, pad_left), (h, w) = pads, size
+    oh, ow = (h + pad_top + 1 - k) // stride + 1, (w + pad_left - k) // stride + 1  # one more zero row below
+    assume(oh >= 1 and ow >= 1)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        g = conv.Geometry((oh - 1) * stride + k, (ow - 1) * stride + k, channels, k, k, 16, stride, stride, oh, ow)
+        assume(conv.weight_grad_reads_unpadded(g))  # where a block's rows can be one tap's channels
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((batch, h, w, channels)).astype(np.float32)
+        dy = rng.standard_normal((batch, oh, ow, 16)).astype(np.float32)
+        xp = np.zeros((batch, g.HP, g.WP, channels), np.float32)
+        rows, cols = min(h, g.HP - pad_top), min(w, g.WP - pad_left)
+        xp[:, pad_top:pad_top + rows, pad_left:pad_left + cols] = x[:, :rows, :cols]
+        for one_thread in (True, False):
+            results = []
+            for source, border in ((xp, None), (x, (pad_top, pad_left))):
+                dw, db = np.full((k, k, channels, 16), np.nan, np.float32), np.full(16, np.nan, np.float32)
+                conv.weight_grad(source, dy, g, dw, db, one_thread=one_thread, border=border)
+                results.append((dw, db))
+            for mine, theirs in zip(*results):
+                np.testing.assert_array_equal(mine.view(np.int32), theirs.view(np.int32))
 
 
 @settings(max_examples=2, deadline=None)  # each geometry compiles its own kernel

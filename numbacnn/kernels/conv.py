@@ -321,7 +321,8 @@ def _pooled_block(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW
                 f"store_int32(argmax, oi + {q * g.F + v * L}, where)")
 
 
-def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int | None = None) -> str:
+def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int | None = None,
+                       unpadded: tuple[int, int, int, int] | None = None) -> str:
     """A module with ``kernel(x, dy, partial, N)``: for each of ``CHUNKS`` chunks of the (n, oh) output rows,
     side by side, partial[chunk, k, f] = the sum over its positions of x[n, oh*SH + kh, ow*SW + kw, c] *
     dy[n, oh, ow, f], with k = (kh * KW + kw) * C + c, the positions added in order; the row after the last k
@@ -329,7 +330,8 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels:
     few at a time (a tile of the output gradient that stays in the first-level cache), and every block of
     ``rows`` k's x ``fv`` filter vectors adds that tile into its registers, picking up and putting back its sums
     in ``partial`` (zeroed first, so an empty chunk adds nothing). ``dy_channels``: where less than F, ``dy`` has
-    that many channels, the others taken as zero (the zero filters added to fill whole vectors)."""
+    that many channels, the others taken as zero (the zero filters added to fill whole vectors). ``unpadded``
+    (H, W, top, left): ``x`` is the input itself, not bordered with zeros (see ``_weight_grad_block``)."""
     L, K = lanes, g.KH * g.KW * g.C
     FD = g.F if dy_channels is None else dy_channels
 
@@ -340,7 +342,8 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels:
     def sums_out(sums, row):
         src(*(f"store(partial, pi + {i * g.F + v * L}, {name}_{v})" for i, name in enumerate(sums) for v in range(fv)))
 
-    src = _weight_grad_module("weight_grad_source", g, L, rows, fv, FD, "kernel(x, dy, partial, N)", parallel=True)
+    src = _weight_grad_module("weight_grad_source", g, L, rows, fv, FD, "kernel(x, dy, partial, N)", parallel=True,
+                              unpadded=unpadded)
     with src.indent():
         src(f"for chunk in prange({CHUNKS}):")
         with src.indent():
@@ -351,12 +354,12 @@ def weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels:
             src(f"for t0 in range(first, last, {_tile_rows(g, FD)}):")
             with src.indent():
                 src(f"t1 = min(t0 + {_tile_rows(g, FD)}, last)")
-                _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out)
+                _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out, unpadded)
     return src.text()
 
 
-def one_thread_weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int,
-                                  dy_channels: int | None = None) -> str:
+def one_thread_weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int | None = None,
+                                  unpadded: tuple[int, int, int, int] | None = None) -> str:
     """A module with ``kernel(x, dy, dw, db, running, N)``: the same sums as ``weight_grad_source`` followed by
     ``add_in_order``, to the bit, for one thread. The chunks are taken one after the other and the blocks of a
     tile one after the other; a block keeps its chunk's sums in ``running`` ((K + 1) x F floats) from one tile to
@@ -391,7 +394,7 @@ def one_thread_weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int,
             src(*(f"store(running, {slot}, {value})" for value, slot, _, _ in slots(sums, row)))
 
     src = _weight_grad_module("one_thread_weight_grad_source", g, L, rows, fv, FD,
-                              "kernel(x, dy, dw, db, running, N)", parallel=False)
+                              "kernel(x, dy, dw, db, running, N)", parallel=False, unpadded=unpadded)
     with src.indent():
         src(f"for chunk in range({CHUNKS}):")
         with src.indent():
@@ -401,14 +404,15 @@ def one_thread_weight_grad_source(g: Geometry, lanes: int, rows: int, fv: int,
             src("for tile in range(tiles):")
             with src.indent():
                 src("t0 = first + tile * size // tiles", "t1 = first + (tile + 1) * size // tiles")
-                _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out)
+                _tile_blocks(src, g, L, rows, fv, FD, sums_in, sums_out, unpadded)
     return src.text()
 
 
 def _weight_grad_module(generator: str, g: Geometry, L: int, rows: int, fv: int, FD: int, signature: str,
-                        parallel: bool) -> Source:
+                        parallel: bool, unpadded: tuple[int, int, int, int] | None) -> Source:
     """The start of a weight-gradient module, up to ``R``, the count of (n, oh) output rows."""
-    made_for = [g, f"rows {rows}, filter vectors {fv}, tile {_tile_rows(g, FD)} rows"]
+    made_for = [g, f"rows {rows}, filter vectors {fv}, tile {_tile_rows(g, FD)} rows"] + (
+        [f"reads the input unpadded: (H, W, top, left) = {unpadded}"] if unpadded else [])
     src = _module(generator, f"load{L} as load, load_first{L} as load_first, splat{L} as splat, zero{L} as zero, "
                   "store, store_first, fma, add", made_for + ([f"{FD} output-gradient channels"] if FD != g.F else []),
                   signature, parallel=parallel)
@@ -417,7 +421,8 @@ def _weight_grad_module(generator: str, g: Geometry, L: int, rows: int, fv: int,
     return src
 
 
-def _tile_blocks(src: Source, g: Geometry, L: int, rows: int, fv: int, FD: int, sums_in, sums_out) -> None:
+def _tile_blocks(src: Source, g: Geometry, L: int, rows: int, fv: int, FD: int, sums_in, sums_out,
+                 unpadded: tuple[int, int, int, int] | None = None) -> None:
     """One tile of the weight-gradient kernels: every block of ``rows`` k's x ``fv`` filter vectors, and the bias
     gradient's, adds the tile's positions (``sums_in(names, row)`` and ``sums_out(names, row)`` write how a
     block picks up and puts back its sums)."""
@@ -429,10 +434,10 @@ def _tile_blocks(src: Source, g: Geometry, L: int, rows: int, fv: int, FD: int, 
             src(f"for kb in range({full}):")
             with src.indent():
                 src(f"k0 = kb * {rows}")
-                _weight_grad_block(src, g, L, rows, fv, FD, sums_in, sums_out)
+                _weight_grad_block(src, g, L, rows, fv, FD, sums_in, sums_out, unpadded)
         if tail:
             src(f"k0 = {full * rows}")
-            _weight_grad_block(src, g, L, tail, fv, FD, sums_in, sums_out)
+            _weight_grad_block(src, g, L, tail, fv, FD, sums_in, sums_out, unpadded)
         _bias_grad_block(src, g, L, fv, FD, sums_in, sums_out)
 
 
@@ -512,8 +517,14 @@ def _bias_grad_block(src: Source, g: Geometry, L: int, fv: int, FD: int, sums_in
     sums_out(["bias"], g.KH * g.KW * g.C)
 
 
-def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD: int, sums_in, sums_out) -> None:
-    """The sums of ``count`` rows k0... of dw over the tile's positions."""
+def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD: int, sums_in, sums_out,
+                       unpadded: tuple[int, int, int, int] | None = None) -> None:
+    """The sums of ``count`` rows k0... of dw over the tile's positions. ``unpadded`` (H, W, top, left): ``x`` is
+    the input itself, not bordered with zeros, and the block's rows are channels of one tap (kh, kw) (``rows``
+    divides C: ``unpadded_rows``): only the output positions whose tap falls inside the input are added, the
+    others would add x = 0 (the same sums, but for the sign of a zero and a product 0 * inf)."""
+    if unpadded is not None:
+        return _unpadded_weight_grad_block(src, g, L, count, fv, FD, sums_in, sums_out, unpadded)
     for i in range(count):
         src(f"k_{i} = k0 + {i}", f"c_{i} = k_{i} % {g.C}", f"t_{i} = k_{i} // {g.C}",
             f"off_{i} = ((t_{i} // {g.KW}) * {g.WP} + t_{i} % {g.KW}) * {g.C} + c_{i}")
@@ -534,6 +545,32 @@ def _weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD
     sums_out(sums, "k0")
 
 
+def _unpadded_weight_grad_block(src: Source, g: Geometry, L: int, count: int, fv: int, FD: int, sums_in, sums_out,
+                                unpadded: tuple[int, int, int, int]) -> None:
+    H, W, top, left = unpadded
+    src(f"c0 = k0 % {g.C}", f"kh = k0 // {g.C * g.KW}", f"kw = (k0 // {g.C}) % {g.KW}",
+        # the output rows and columns whose tap (kh, kw) falls inside the input
+        f"oh_lo = max(0, ({top} - kh + {g.SH - 1}) // {g.SH})", f"oh_hi = min({g.OH}, ({H - 1 + top} - kh) // {g.SH} + 1)",
+        f"ow_lo = max(0, ({left} - kw + {g.SW - 1}) // {g.SW})", f"ow_hi = min({g.OW}, ({W - 1 + left} - kw) // {g.SW} + 1)")
+    sums = [f"acc_{i}" for i in range(count)]
+    sums_in(sums, "k0")
+    src("for row in range(t0, t1):")
+    with src.indent():
+        src(f"n = row // {g.OH}", f"oh = row - n * {g.OH}")
+        src("if oh >= oh_lo and oh < oh_hi:")
+        with src.indent():
+            src(f"xrow = ((n * {H} + oh * {g.SH} + kh - {top}) * {W} + kw - {left}) * {g.C} + c0",
+                f"dyrow = row * {g.OW * FD} + f0")
+            src("for ow in range(ow_lo, ow_hi):")
+            with src.indent():
+                src(f"xi = xrow + ow * {g.SW * g.C}", f"di = dyrow + ow * {FD}")
+                src(*(f"d_{v} = {_dy_vector(g, v, L, FD, 'di')}" for v in range(fv)))
+                for i in range(count):
+                    src(f"x_{i} = splat(x, xi + {i})")
+                    src(*(f"acc_{i}_{v} = fma(x_{i}, d_{v}, acc_{i}_{v})" for v in range(fv)))
+    sums_out(sums, "k0")
+
+
 @lru_cache(maxsize=None)
 def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] | None, out_channels: int,
                     adds: bool, unpadded: tuple[int, int, int, int] | None, grid: Grid | None):
@@ -548,9 +585,10 @@ def _pooled_kernel(g: Geometry, b: Blocking):
 
 
 @lru_cache(maxsize=None)
-def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int, one_thread: bool):
+def _weight_grad_kernel(g: Geometry, lanes: int, rows: int, fv: int, dy_channels: int, one_thread: bool,
+                        unpadded: tuple[int, int, int, int] | None):
     generator = one_thread_weight_grad_source if one_thread else weight_grad_source
-    return load_module("conv_weight_grad", generator(g, lanes, rows, fv, dy_channels),
+    return load_module("conv_weight_grad", generator(g, lanes, rows, fv, dy_channels, unpadded),
                        f"a weight-gradient kernel for {_words(g)}").kernel
 
 
@@ -594,6 +632,24 @@ def weight_grad_blocking(g: Geometry, one_thread: bool = False) -> tuple[int, in
         return None
     b = choose_blocking(g.KH * g.KW * g.C, g.F, lanes, _registers() - (3 if one_thread else 0))
     return b.P, b.FV
+
+
+def unpadded_rows(g: Geometry, one_thread: bool) -> int | None:
+    """The rows of the weight-gradient kernel that reads its input unpadded, or None where it has none: the
+    largest divisor of C up to the padded kernel's rows (a block's rows must be one tap's channels), if it is at
+    least 8 or half of those (fewer rows load about as much per FMA, but pay the loop more often)."""
+    blocking = weight_grad_blocking(g, one_thread)
+    if blocking is None:
+        return None
+    rows = blocking[0]
+    fits = max(r for r in range(1, rows + 1) if g.C % r == 0)
+    return fits if fits >= min(8, (rows + 1) // 2) else None
+
+
+def weight_grad_reads_unpadded(g: Geometry) -> bool:
+    """Whether the weight gradient of ``g`` can read its input as it is (``weight_grad``'s ``border``), on one
+    thread and on several: its caller need not make a padded copy of the input."""
+    return unpadded_rows(g, True) is not None and unpadded_rows(g, False) is not None
 
 
 # -- padding -------------------------------------------------------------------------------------------------
@@ -656,16 +712,20 @@ def forward_max_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry
 
 
 def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db: np.ndarray,
-                one_thread: bool | None = None) -> None:
+                one_thread: bool | None = None, border: tuple[int, int] | None = None) -> None:
     """dw = sum over the batch of the products of xp's patches and dy, db = the sum of dy, each in ``CHUNKS``
     partial sums added in order, the same bits on any number of threads. ``one_thread``: whether to take the
     kernel made for one thread, which adds the chunks as it goes (None: where Numba runs one thread). dy, dw and
     db may have fewer channels than ``g.F`` (zero filters added to fill whole vectors): the sums of those
-    filters are left out."""
+    filters are left out. With ``border`` (top, left), xp is the input itself (contiguous), not padded (only
+    where ``weight_grad_reads_unpadded``): the positions whose taps fall on its zero border are skipped."""
     one_thread = numba.get_num_threads() == 1 if one_thread is None else one_thread
     rows, fv = weight_grad_blocking(g, one_thread)
+    unpadded = None
+    if border is not None:
+        rows, unpadded = unpadded_rows(g, one_thread), (xp.shape[1], xp.shape[2], *border)
     K = g.KH * g.KW * g.C
-    kernel = _weight_grad_kernel(g, lanes_for(g.F), rows, fv, dy.shape[-1], one_thread)
+    kernel = _weight_grad_kernel(g, lanes_for(g.F), rows, fv, dy.shape[-1], one_thread, unpadded)
     if not one_thread:
         partial = scratch("conv_weight_grad_partial", (CHUNKS, K + 1, g.F), np.float32)
         kernel(xp.reshape(-1), dy.reshape(-1), partial.reshape(-1), xp.shape[0])

@@ -72,7 +72,16 @@ class _BatchNorm(Layer):
     # -- running -----------------------------------------------------------------------------------------
 
     def forward(self, x, *, training=False):
-        out = self.result("out", x.shape, training)
+        return self._normalise(x, training, self.result("out", x.shape, training), self.kernels.batchnorm_forward)
+
+    def forward_with_relu(self, x, relu: Layer):
+        """While training, where this device's kernels can (``batchnorm_relu_forward``, the CPU's): this layer
+        and the ReLU ``relu`` after it in one pass, into the ReLU's output (for ``backward_with_relu``); the same
+        numbers as the two layers one after the other."""
+        out = relu._y = relu.result("out", x.shape, True)
+        return self._normalise(x, True, out, self.kernels.batchnorm_relu_forward)
+
+    def _normalise(self, x, training, out, kernel):
         self._x = x if training else None  # with the batch's mean and 1 / std, what backward needs
         self._fixed_statistics = False
         rows = self._rows(x)
@@ -85,7 +94,7 @@ class _BatchNorm(Layer):
             self.kernels.batch_statistics(rows, self.momentum, self.eps, running_mean, running_var, mean, inv_std)
         else:
             self.kernels.running_statistics(running_mean, running_var, self.eps, mean, inv_std)
-        self.kernels.batchnorm_forward(rows, mean, inv_std, self.params["weight"], self.params["bias"], self._rows(out))
+        kernel(rows, mean, inv_std, self.params["weight"], self.params["bias"], self._rows(out))
         return out
 
     def forward_for_gradients(self, x):
@@ -95,11 +104,26 @@ class _BatchNorm(Layer):
         return out
 
     def backward(self, dy):
+        return self._backward(dy, self.kernels.batchnorm_backward_params, self.kernels.batchnorm_backward_input)
+
+    def backward_with_relu(self, dy):
+        """The input gradient after ``forward_with_relu``, given ``dy``, the gradient of the ReLU's output."""
+        weight, bias, kernels = self.params["weight"], self.params["bias"], self.kernels
+
+        def params(x, d, mean, inv_std, dweight, dbias):
+            kernels.batchnorm_relu_backward_params(x, d, mean, inv_std, weight, bias, dweight, dbias)
+
+        def input_grad(x, d, mean, inv_std, _weight, dweight, dbias, dx):
+            kernels.batchnorm_relu_backward_input(x, d, mean, inv_std, weight, bias, dweight, dbias, dx)
+
+        return self._backward(dy, params, input_grad)
+
+    def _backward(self, dy, params_kernel, input_kernel):
         fixed_statistics = getattr(self, "_fixed_statistics", False)
         x, dy_rows = self._rows(self._x), self._rows(dy)
         mean, inv_std = self.buffer("mean", (self.channels,)), self.buffer("inv_std", (self.channels,))
         dweight, dbias = self.grads["weight"], self.grads["bias"]
-        self.kernels.batchnorm_backward_params(x, dy_rows, mean, inv_std, dweight, dbias)
+        params_kernel(x, dy_rows, mean, inv_std, dweight, dbias)
         if not self.needs_input_grad:
             return None
         dx = self.result("dx", dy.shape)
@@ -108,8 +132,7 @@ class _BatchNorm(Layer):
         through_statistics = (dweight, dbias)
         if fixed_statistics:
             through_statistics = (self.device.zeros(self.channels, self.dtype),) * 2
-        self.kernels.batchnorm_backward_input(x, dy_rows, mean, inv_std, self.params["weight"], *through_statistics,
-                                              self._rows(dx))
+        input_kernel(x, dy_rows, mean, inv_std, self.params["weight"], *through_statistics, self._rows(dx))
         return dx
 
     def _rows(self, array):

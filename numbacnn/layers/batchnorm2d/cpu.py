@@ -101,23 +101,53 @@ def running_statistics(running_mean, running_var, eps, mean, inv_std):
 
 def batchnorm_forward(x, mean, inv_std, weight, bias, out):
     """out = (x - mean) * inv_std * weight + bias, per channel."""
-    _batchnorm_forward(x, mean, inv_std, weight, bias, out)
+    _batchnorm_forward(x, mean, inv_std, weight, bias, out, False)
 
 
 def batchnorm_backward_params(x, dy, mean, inv_std, dweight, dbias):
     """dbias = sum of dy and dweight = sum of dy * x_hat over the rows, x_hat = (x - mean) * inv_std."""
-    rows, channels = x.shape
-    step = chunk_rows(channels)
-    partial = scratch("batchnorm_param_sums", (-(-rows // step), 2, channels), np.float64)
-    chunk_param_sums(x, dy, mean, inv_std, step, partial)
-    finish_param_sums(partial, dweight, dbias)
+    _backward_params(x, dy, mean, inv_std, mean, mean, dweight, dbias, False)  # (no weight and bias to read)
 
 
 def batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, dx):
     """dx = weight * inv_std * (dy - dbias / rows - x_hat * dweight / rows): the gradient through the output and
     through the batch mean and variance, given the parameter gradients that ``batchnorm_backward_params`` made."""
+    _backward_input(x, dy, mean, inv_std, weight, dweight, dbias, dx, mean, False)  # (no bias to read)
+
+
+# The same with a ReLU after the normalisation, in the passes of batch normalisation alone (the CPU's; a
+# convolution with batch normalisation and a ReLU after it takes them while training, see conv2d's
+# ``ConvThenBatchNorm``): the forward pass stores max(y, 0), and the backward passes take the ReLU's output
+# gradient ``dy``, counted where y > 0 or NaN as the ReLU's backward pass counts it, y recomputed from x exactly
+# as the forward pass computed it. The same bits as the two layers run one after the other.
+
+def batchnorm_relu_forward(x, mean, inv_std, weight, bias, out):
+    """out = max((x - mean) * inv_std * weight + bias, 0), NaN kept."""
+    _batchnorm_forward(x, mean, inv_std, weight, bias, out, True)
+
+
+def batchnorm_relu_backward_params(x, dy, mean, inv_std, weight, bias, dweight, dbias):
+    """``batchnorm_backward_params`` for ``dy``, the gradient of the ReLU's output."""
+    _backward_params(x, dy, mean, inv_std, weight, bias, dweight, dbias, True)
+
+
+def batchnorm_relu_backward_input(x, dy, mean, inv_std, weight, bias, dweight, dbias, dx):
+    """``batchnorm_backward_input`` for ``dy``, the gradient of the ReLU's output."""
+    _backward_input(x, dy, mean, inv_std, weight, dweight, dbias, dx, bias, True)
+
+
+def _backward_params(x, dy, mean, inv_std, weight, bias, dweight, dbias, relu):
+    rows, channels = x.shape
+    step = chunk_rows(channels)
+    partial = scratch("batchnorm_param_sums", (-(-rows // step), 2, channels), np.float64)
+    chunk_param_sums(x, dy, mean, inv_std, weight, bias, relu, x.dtype.type(0), step, partial)
+    finish_param_sums(partial, dweight, dbias)
+
+
+def _backward_input(x, dy, mean, inv_std, weight, dweight, dbias, dx, bias, relu):
     inv_rows = x.dtype.type(1.0 / max(x.shape[0], 1))  # in x's dtype, so float32 work stays float32
-    _batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, inv_rows, dx)
+    _batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, inv_rows, bias, relu, x.dtype.type(0),
+                              dx)
 
 
 # -- kernels ---------------------------------------------------------------------------------------------
@@ -158,25 +188,28 @@ def finish_running_statistics(running_mean, running_var, eps, mean, inv_std):
 
 
 @njit(parallel=True, cache=True)
-def _batchnorm_forward(x, mean, inv_std, weight, bias, out):
+def _batchnorm_forward(x, mean, inv_std, weight, bias, out, relu):
     rows, channels = x.shape
     for r in prange(rows):
         for c in range(channels):
-            out[r, c] = (x[r, c] - mean[c]) * inv_std[c] * weight[c] + bias[c]
+            y = (x[r, c] - mean[c]) * inv_std[c] * weight[c] + bias[c]
+            out[r, c] = 0 if relu and y <= 0 else y
 
 
 @njit(parallel=True, cache=True)
-def chunk_param_sums(x, dy, mean, inv_std, step, partial):
+def chunk_param_sums(x, dy, mean, inv_std, weight, bias, relu, zero, step, partial):
     """partial[k] = (sum of dy, sum of dy * x_hat) per channel over the rows of chunk k; x_hat is computed
-    exactly as the forward pass computed it."""
+    exactly as the forward pass computed it. With ``relu``, dy counts only where x_hat * weight + bias > 0 or
+    NaN (``zero``, 0 in x's dtype, elsewhere)."""
     rows, channels = x.shape
     for k in prange(partial.shape[0]):
         sum_dy, sum_dy_x_hat = np.zeros(channels), np.zeros(channels)  # the kernel's own: see chunk_moments
         for r in range(k * step, min(rows, (k + 1) * step)):
             for c in range(channels):
                 x_hat = (x[r, c] - mean[c]) * inv_std[c]
-                sum_dy[c] += np.float64(dy[r, c])
-                sum_dy_x_hat[c] += np.float64(dy[r, c]) * np.float64(x_hat)
+                d = zero if relu and x_hat * weight[c] + bias[c] <= 0 else dy[r, c]
+                sum_dy[c] += np.float64(d)
+                sum_dy_x_hat[c] += np.float64(d) * np.float64(x_hat)
         partial[k, 0] = sum_dy
         partial[k, 1] = sum_dy_x_hat
 
@@ -188,9 +221,10 @@ def finish_param_sums(partial, dweight, dbias):
 
 
 @njit(parallel=True, cache=True)
-def _batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, inv_rows, dx):
+def _batchnorm_backward_input(x, dy, mean, inv_std, weight, dweight, dbias, inv_rows, bias, relu, zero, dx):
     rows, channels = x.shape
     for r in prange(rows):
         for c in range(channels):
             x_hat = (x[r, c] - mean[c]) * inv_std[c]
-            dx[r, c] = weight[c] * inv_std[c] * (dy[r, c] - dbias[c] * inv_rows - x_hat * (dweight[c] * inv_rows))
+            d = zero if relu and x_hat * weight[c] + bias[c] <= 0 else dy[r, c]
+            dx[r, c] = weight[c] * inv_std[c] * (d - dbias[c] * inv_rows - x_hat * (dweight[c] * inv_rows))

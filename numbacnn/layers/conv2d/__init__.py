@@ -236,7 +236,8 @@ class ConvThenBatchNorm(_ConvThen):
     A first layer with small filters and max pooling after it (``normalises_by_patches``, small-resnet's) is
     folded while training too: its batch's statistics and its gradients come from small sums over its input
     patches (see ``conv2d/patch_moments.py``), and its full-size feature maps are never made. Its outputs and
-    gradients agree with the layers run apart to float32 rounding."""
+    gradients agree with the layers run apart to float32 rounding. A ReLU after the normalisation runs in the
+    normalisation's passes while training (``BatchNorm2D.forward_with_relu``), to the bit."""
 
     name = "conv2d+batchnorm2d"
 
@@ -244,6 +245,7 @@ class ConvThenBatchNorm(_ConvThen):
         super().__init__(conv, after or batchnorm)
         self.batchnorm, self.after = batchnorm, after
         self._by_patches = False  # whether the last training pass ran from the input patches
+        self._with_relu = False  # whether it ran the normalisation and the ReLU in one pass
 
     @property
     def parts(self) -> tuple[Layer, ...]:
@@ -258,6 +260,9 @@ class ConvThenBatchNorm(_ConvThen):
         if not training:
             return self._folded_forward(x, *self._folded(*self._running_statistics()), training)
         self._by_patches = x.shape[0] > 0 and self._normalises_by_patches()
+        self._with_relu = isinstance(self.after, ReLU) and hasattr(self.batchnorm.kernels, "batchnorm_relu_forward")
+        if self._with_relu:
+            return self.batchnorm.forward_with_relu(self.conv.forward(x, training=True), self.after)
         if not self._by_patches:
             return self._apart(x, lambda layer, y: layer.forward(y, training=True))
         conv, bn = self.conv, self.batchnorm
@@ -302,7 +307,7 @@ class ConvThenBatchNorm(_ConvThen):
         return out
 
     def forward_for_gradients(self, x):
-        self._by_patches = False
+        self._by_patches = self._with_relu = False
         return self._apart(x, lambda layer, y: layer.forward_for_gradients(y))
 
     def __repr__(self) -> str:
@@ -316,6 +321,8 @@ class ConvThenBatchNorm(_ConvThen):
     def backward(self, dy):
         if self._by_patches:
             return self._backward_by_patches(dy)
+        if self._with_relu:
+            return self.conv.backward(self.batchnorm.backward_with_relu(dy))
         if self.after is not None:
             dy = self.after.backward(dy)
         return self.conv.backward(self.batchnorm.backward(dy))
@@ -346,8 +353,8 @@ class ConvThenBatchNorm(_ConvThen):
         running statistics outside training) in them: each filter times its channel's scale, weight * inv_std,
         and each bias (bias - mean) * scale + shift."""
         conv, bn = self.conv, self.batchnorm
-        scale = inv_std * bn.params["weight"]
         filters = conv.params["weight"]
-        weight = np.multiply(filters, scale, out=conv.buffer("folded_weight", filters.shape))
-        bias = conv.bias_or_zeros(conv.filters) - mean
-        return weight, np.multiply(bias, scale, out=bias) + bn.params["bias"]
+        weight, bias = conv.buffer("folded_weight", filters.shape), conv.buffer("folded_bias", (conv.filters,))
+        conv.kernels.fold_batchnorm(filters, conv.bias_or_zeros(conv.filters), mean, inv_std, bn.params["weight"],
+                                    bn.params["bias"], weight, bias)
+        return weight, bias

@@ -91,11 +91,24 @@ class Residual(Block):
     def forward(self, x, *, training=False):
         if not training and self.adds_in_kernel:
             return self.forward_adding(x)
+        return self._add(x, training, lambda shape: self.result("out", shape, training), self.kernels.add)
+
+    def forward_with_relu(self, x, relu: Layer):
+        """While training, where this device's kernels can (``add_relu``, the CPU's): the block's output with
+        the ReLU ``relu`` after it, the addition and the ReLU in one pass into the ReLU's output; the same
+        numbers as the two layers one after the other."""
+        def out(shape):
+            relu._y = relu.result("out", shape, True)
+            return relu._y
+
+        return self._add(x, True, out, self.kernels.add_relu)
+
+    def _add(self, x, training, out, kernel):
         y = self.forward_children(x, training)
         skip = x if self.projection is None else self.projection.forward(x, training=training)
-        out = self.result("out", y.shape, training)
-        self.kernels.add(y.reshape(-1), skip.reshape(-1), out.reshape(-1))
-        return out
+        result = out(y.shape)
+        kernel(y.reshape(-1), skip.reshape(-1), result.reshape(-1))
+        return result
 
     @property
     def adds_in_kernel(self) -> bool:
@@ -155,8 +168,9 @@ class Residual(Block):
 class ResidualThenReLU:
     """A residual block and the ReLU written after it, run as one step of a model's run order (see
     ``block.run_order``). Outside training the branch's last convolution adds the skip and applies the ReLU as
-    it stores its values (the same numbers as the three run apart); while training they run one after the
-    other. Both layers stay in the model as they were built."""
+    it stores its values (the same numbers as the three run apart); while training the block runs as itself
+    and its addition applies the ReLU where its kernels can (``Residual.forward_with_relu``). Both layers stay in
+    the model as they were built."""
 
     name = "residual+relu"
 
@@ -183,6 +197,8 @@ class ResidualThenReLU:
     def forward(self, x, *, training=False):
         if not training:
             return self.block.forward_adding(x, relu=True)
+        if hasattr(self.block.kernels, "add_relu"):
+            return self.block.forward_with_relu(x, self.relu)
         return self.relu.forward(self.block.forward(x, training=True), training=True)
 
     def forward_for_gradients(self, x):
