@@ -498,6 +498,7 @@ def test_fused_convolution_and_relu_equal_the_two_layers(seed, size, channels, f
 @settings(max_examples=2, deadline=None)
 @given(seed=st.integers(0, 2**16), size=st.integers(4, 9), filters=st.sampled_from((6, 8, 16)),
        after=st.sampled_from(("", "relu", "maxpool2d(2)", "relu maxpool2d(2)")), bias=st.booleans())
+@example(seed=0, size=7, filters=6, after="relu", bias=True)  # the normalisation's passes apply the ReLU
 def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, after, bias):
     """conv2d then batchnorm2d (then a ReLU or max pooling) as one step: while training, and for the gradients
     of saliency maps, the layers' own outputs and gradients to the bit; outside training, with the normalisation
@@ -520,6 +521,23 @@ def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, a
                                   forward_chain_for_gradients(plain.execution_order, x))
 
 
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**16), size=st.integers(4, 11), channels=st.sampled_from((1, 3)),
+       filters=st.sampled_from((6, 8, 16)), relu=st.booleans(), padding=st.sampled_from((0, 2)))
+@example(seed=0, size=28, channels=1, filters=6, relu=True, padding=2)  # lenet5's first layer
+def test_fused_convolution_and_average_pooling_equal_the_layers(seed, size, channels, filters, relu, padding):
+    """conv2d (then relu) then avgpool2d(2) as one kernel outside training: the layers' outputs to the bit, odd
+    sizes (a last row no window takes) and filters that are not whole vectors included, a NaN too; training
+    runs the layers, to the bit."""
+    from numbacnn.layers.conv2d import ConvThenAvgPool
+
+    spec = f"conv2d({filters},3,padding={padding}) {'relu ' if relu else ''}avgpool2d(2) flatten dense(3)"
+    fused, plain = _fused_against_plain(spec, (size, size, channels), seed, ConvThenAvgPool)
+    x = np.random.default_rng(seed + 1).standard_normal((3, size, size, channels)).astype(np.float32)
+    x[1, 2, 2, 0] = np.nan
+    np.testing.assert_array_equal(fused.forward(x), plain.forward(x))
+
+
 def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
     from numbacnn.layers.conv2d import ConvThenMaxPool
     from numbacnn.model import Sequential
@@ -531,8 +549,12 @@ def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):
     assert not isinstance(order[2], ConvThenMaxPool)  # 6 filters: not a whole vector
     from numbacnn.layers.conv2d import ConvThenReLU
 
+    from numbacnn.layers.conv2d import ConvThenAvgPool
+
     lenet = Sequential("conv2d(6,5,padding=2) relu avgpool2d(2) flatten dense(10)").build(seed=0).execution_order
-    assert isinstance(lenet[0], ConvThenReLU) and lenet[1].name == "avgpool2d"
+    assert isinstance(lenet[0], ConvThenAvgPool) and [layer.name for layer in lenet[0].parts] == [
+        "conv2d", "relu", "avgpool2d"]
+    assert isinstance(lenet[0].first, ConvThenReLU)  # while training: the convolution's kernel does the ReLU
     monkeypatch.setenv(cpu.KERNELS_ENV, "generic")
     assert not any(isinstance(step, ConvThenMaxPool) for step in Sequential(spec).build(seed=0).execution_order)
     assert not any(isinstance(step, ConvThenMaxPool)

@@ -69,6 +69,15 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class Average:
+    """A pooled kernel that averages its windows: of the ReLU's outputs with ``relu``, into ``channels``
+    output channels (the first of the kernel's filters)."""
+
+    relu: bool
+    channels: int
+
+
+@dataclass(frozen=True)
 class Blocking:
     """How many output positions (P) and filter vectors (FV) one block of accumulators holds."""
 
@@ -254,16 +263,22 @@ def _pooled_blocking(g: Geometry, lanes: int, registers: int) -> Blocking | None
     return best
 
 
-def pooled_source(g: Geometry, b: Blocking) -> str:
+def pooled_source(g: Geometry, b: Blocking, average: Average | None = None) -> str:
     """A module with ``kernel(x, w, bias, out, argmax, N)``: the convolution (as ``forward_source``) followed by
     2x2 max pooling with stride 2, writing only the pooled ``out`` (N, OH // 2, OW // 2, F) and, per pooled
     value, the flat position oh * OW + ow of the convolution output that won its window (``argmax``, int32):
-    the first maximum in the order (0, 0), (0, 1), (1, 0), (1, 1), a NaN winning, as ``maxpool2d`` decides."""
+    the first maximum in the order (0, 0), (0, 1), (1, 0), (1, 1), a NaN winning, as ``maxpool2d`` decides.
+    With ``average``, 2x2 average pooling instead (of the ReLU's outputs with ``average.relu``), into ``out`` of
+    ``average.channels`` channels (``argmax`` is not written): the four values added in that order to 0, then
+    times 0.25, as ``avgpool2d`` and ``relu`` do, to the bit."""
     L, FV = b.lanes, b.FV
     PH, PW = g.OH // 2, g.OW // 2
     full, tail = divmod(PW, b.P)
-    src = _module("pooled_source", f"load{L} as load, broadcast{L} as broadcast, splat{L} as splat, store, fma, "
-                  "greater, isnan, either, select, store_int32", [g, b], "kernel(x, w, bias, out, argmax, N)")
+    intrinsics = f"load{L} as load, broadcast{L} as broadcast, splat{L} as splat, store, fma, " + (
+        "greater, isnan, either, select, store_int32" if average is None else
+        f"zero{L} as zero, add, mul, relu, store_first")
+    src = _module("pooled_source", intrinsics, [g, b] + ([average] if average else []),
+                  "kernel(x, w, bias, out, argmax, N)")
     with src.indent():
         src(f"for row in prange(N * {PH}):")
         with src.indent():
@@ -271,18 +286,21 @@ def pooled_source(g: Geometry, b: Blocking) -> str:
             src(f"for fb in range({g.F // (L * FV)}):")
             with src.indent():
                 src(f"f0 = fb * {L * FV}")
+                if average is not None:
+                    _lane_counts(src, g, L, FV, average.channels)
                 if full:
                     src(f"for blk in range({full}):")
                     with src.indent():
                         src(f"pw0 = blk * {b.P}")
-                        _pooled_block(src, g, b, b.P, PH, PW)
+                        _pooled_block(src, g, b, b.P, PH, PW, average)
                 if tail:
                     src(f"pw0 = {full * b.P}")
-                    _pooled_block(src, g, b, tail, PH, PW)
+                    _pooled_block(src, g, b, tail, PH, PW, average)
     return src.text()
 
 
-def _pooled_block(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW: int) -> None:
+def _pooled_block(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW: int,
+                  average: Average | None = None) -> None:
     L, FV = b.lanes, b.FV
     cols = 2 * count
     for v in range(FV):
@@ -305,6 +323,8 @@ def _pooled_block(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW
                     for j in range(cols):
                         src(f"x_{r}_{j} = splat(x, xrow_{r} + tap + {j * g.SW * g.C})")
                         src(*(f"acc_{r}_{j}_{v} = fma(x_{r}_{j}, w_{v}, acc_{r}_{j}_{v})" for v in range(FV)))
+    if average is not None:
+        return _averaged(src, g, b, count, PH, PW, average)
     src(f"oi = ((n * {PH} + ph) * {PW} + pw0) * {g.F} + f0")
     for q in range(count):
         src(f"first = oh * {g.OW} + 2 * (pw0 + {q})")
@@ -486,6 +506,26 @@ def pooled_weight_grad_source(g: Geometry, lanes: int, rows: int, images_per_par
     return src.text()
 
 
+def _averaged(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW: int, average: Average) -> None:
+    """The end of an averaging ``_pooled_block``: each window's four values (each through the ReLU with
+    ``average.relu``) added to 0 in the order (0, 0), (0, 1), (1, 0), (1, 1), times 0.25, stored."""
+    L, FO = b.lanes, average.channels
+    src(f"oi = ((n * {PH} + ph) * {PW} + pw0) * {FO} + f0", "quarter = broadcast(np.float32(0.25))")
+    for q in range(count):
+        for v in range(b.FV):
+            total = "zero()"
+            for r, j in ((0, 2 * q), (0, 2 * q + 1), (1, 2 * q), (1, 2 * q + 1)):
+                value = f"acc_{r}_{j}_{v}"
+                total = f"add({total}, {f'relu({value})' if average.relu else value})"
+            src(f"mean = mul({total}, quarter)")
+            if FO == g.F:
+                src(f"store(out, oi + {q * FO + v * L}, mean)")
+            else:  # the last filters are the zero ones added to fill whole vectors: not stored
+                src(f"if lanes_{v} > 0:")
+                with src.indent():
+                    src(f"store_first(out, oi + {q * FO + v * L}, mean, lanes_{v})")
+
+
 def _tile_rows(g: Geometry, FD: int) -> int:
     """The output-gradient rows of one tile of the weight-gradient kernels: ``TILE_BYTES`` of them."""
     return max(1, TILE_BYTES // (g.OW * FD * 4))
@@ -579,8 +619,8 @@ def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] 
 
 
 @lru_cache(maxsize=None)
-def _pooled_kernel(g: Geometry, b: Blocking):
-    return load_module("conv_pooled", pooled_source(g, b),
+def _pooled_kernel(g: Geometry, b: Blocking, average: Average | None = None):
+    return load_module("conv_pooled", pooled_source(g, b, average),
                        f"a convolution + max pooling kernel for {_words(g)}").kernel
 
 
@@ -709,6 +749,15 @@ def forward_max_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry
     convolution's own output is never written."""
     kernel = _pooled_kernel(g, pooled_blocking(g))
     kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), argmax.reshape(-1), xp.shape[0])
+
+
+def forward_avg_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray,
+                       relu: bool = False) -> None:
+    """out = 2x2 average pooling (stride 2) of conv(xp, w) + b (of max(., 0) with ``relu``); the convolution's
+    own output is never written. ``out`` may have fewer channels than ``w`` has filters (zero filters added to
+    fill whole vectors): it gets the first ones."""
+    kernel = _pooled_kernel(g, pooled_blocking(g), Average(relu, out.shape[-1]))
+    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), out.reshape(-1).view(np.int32), xp.shape[0])
 
 
 def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db: np.ndarray,

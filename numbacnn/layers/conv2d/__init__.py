@@ -8,6 +8,7 @@ import numpy as np
 
 from ...initializers import he_normal
 from ...layer import Layer, as_config_value, check_bool, check_int, check_pair, check_padding, filter_geometry
+from ..avgpool2d import AvgPool2D
 from ..batchnorm2d import BatchNorm2D
 from ..maxpool2d import MaxPool2D
 from ..relu import ReLU
@@ -119,11 +120,14 @@ class Conv2D(Layer):
     def fused_with(self, following):
         """Where this device's kernels can (the CPU's generated kernels), the layer written right after the
         convolution runs in the same kernel: 2x2 max pooling with stride 2 (``ConvThenMaxPool``), a ReLU
-        (``ConvThenReLU``), or, outside training, batch normalisation (``ConvThenBatchNorm``)."""
+        (``ConvThenReLU``), or, outside training, batch normalisation (``ConvThenBatchNorm``) or 2x2 average
+        pooling (``ConvThenAvgPool``)."""
         if self._fuses(following):
             return (ConvThenMaxPool if isinstance(following, MaxPool2D) else ConvThenReLU)(self, following)
         if type(following) is BatchNorm2D and self._kernels_fuse("fuses_batchnorm", following):
             return ConvThenBatchNorm(self, following)
+        if isinstance(following, AvgPool2D) and self._kernels_fuse("fuses_avg_pool", following):
+            return ConvThenAvgPool(self, following)
         return None
 
     def _fuses(self, following) -> bool:
@@ -201,6 +205,60 @@ class ConvThenReLU(_ConvThen):
         conv._x = x if training else None
         relu._y = out if training else None
         return out
+
+    def fused_with(self, following):
+        if isinstance(following, AvgPool2D) and self.conv._kernels_fuse("fuses_avg_pool", following):
+            return ConvThenAvgPool(self, following)
+        return None
+
+
+class ConvThenAvgPool:
+    """A convolution (or a ``ConvThenReLU``) and the 2x2 average pooling after it, run as one step. Outside
+    training one kernel computes the convolution (and the ReLU) and stores only each window's mean, the same
+    numbers as the layers one after the other; while training the two steps run one after the other (the
+    ReLU's backward pass needs its full-size output)."""
+
+    name = "conv2d+avgpool2d"
+
+    def __init__(self, first, pool: AvgPool2D):
+        self.first, self.pool = first, pool
+        self.conv = first if isinstance(first, Conv2D) else first.conv
+        self.out_shape = pool.out_shape
+
+    @property
+    def parts(self) -> tuple[Layer, ...]:
+        return (self.first,) + (self.pool,) if isinstance(self.first, Conv2D) else (*self.first.parts, self.pool)
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.conv.needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        self.conv.needs_input_grad = value
+
+    def fused_with(self, following):
+        return None
+
+    def forward(self, x, *, training=False):
+        if training:
+            return self.pool.forward(self.first.forward(x, training=True), training=True)
+        conv, pool = self.conv, self.pool
+        out = pool.result("out", (x.shape[0], *pool.out_shape), False)
+        conv.kernels.conv2d_forward_avg_pooled(x, conv.params["weight"], conv.bias_or_zeros(conv.filters),
+                                               *conv._strides_and_padding(), conv.out_shape, out,
+                                               relu=self.first is not conv)
+        conv._x = None
+        return out
+
+    def forward_for_gradients(self, x):
+        return self.forward(x, training=True)
+
+    def backward(self, dy):
+        return self.first.backward(self.pool.backward(dy))
+
+    def __repr__(self) -> str:
+        return " ".join(repr(layer) for layer in self.parts)
 
 
 class ConvThenMaxPool(_ConvThen):

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...kernels import conv as generated
+from ..avgpool2d.cpu import avgpool2d_forward
 from ..batchnorm2d.cpu import finish_statistics
 from ..maxpool2d.cpu import maxpool2d_forward
 from ..relu.cpu import relu_forward
@@ -142,6 +143,16 @@ def fuses_max_pool(conv, pool) -> bool:
         return False
     oh, ow, filters = conv.out_shape
     return generated.takes(filters) and oh >= 2 and ow >= 2 and _runs_generated(conv)
+
+
+def fuses_avg_pool(conv, pool) -> bool:
+    """Whether, outside training, ``conv`` (and the ReLU after it) and the average pooling ``pool`` after that run
+    as one generated kernel: 2x2 windows with stride 2 after a float32 convolution that the generated kernels
+    run (any filter count: zero filters fill whole vectors, their outputs not stored)."""
+    if pool.window != (2, 2) or pool.strides != (2, 2):
+        return False
+    oh, ow, _ = conv.out_shape
+    return oh >= 2 and ow >= 2 and _runs_generated(conv)
 
 
 def fuses_relu(conv, relu) -> bool:
@@ -287,6 +298,20 @@ def _bordered(x, height, width, top, left, workspace):
     out[...] = 0
     out[:, top:top + H, left:left + W] = x[:, :height - top, :width - left]
     return out
+
+
+def conv2d_forward_avg_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, relu=False):
+    """out = 2x2 average pooling with stride 2 of ``conv2d_forward``'s result (max(., 0) with ``relu``; its shape,
+    without the batch axis, ``conv_shape``), the same numbers as the kernels one after the other; the
+    convolution's own output is never written."""
+    g = generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, (x.shape[0], *conv_shape))
+    if g is None:  # the input is not what the model was built for: the kernels one after the other
+        conv_out = scratch("conv_before_pooling", (x.shape[0], *conv_shape), x.dtype)
+        (conv2d_forward_relu if relu else conv2d_forward)(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_out)
+        return avgpool2d_forward(conv_out, 2, 2, 2, 2, out)
+    xp = _padded_input(x, g, pad_top, pad_left, None)
+    generated.forward_avg_pooled(xp, _with_channels(w, g.F, "conv_w_wide"), _with_channels(b, g.F, "conv_b_wide"), g,
+                                 out, relu)
 
 
 def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
