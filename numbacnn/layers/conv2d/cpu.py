@@ -226,11 +226,12 @@ def fold_batchnorm(filters, bias, mean, inv_std, weight, shift, out_filters, out
     F = bias.shape[0]
     flat = filters.reshape((-1, F))
     out = out_filters.reshape((-1, F))
+    scale = inv_std * weight
     for f in range(F):
-        scale = inv_std[f] * weight[f]
-        out_bias[f] = (bias[f] - mean[f]) * scale + shift[f]
-        for k in range(flat.shape[0]):
-            out[k, f] = flat[k, f] * scale
+        out_bias[f] = (bias[f] - mean[f]) * scale[f] + shift[f]
+    for k in range(flat.shape[0]):
+        for f in range(F):
+            out[k, f] = flat[k, f] * scale[f]
 
 
 def normalises_by_patches(conv, pool) -> bool:
