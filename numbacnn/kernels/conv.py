@@ -678,6 +678,11 @@ def unpadded_rows(g: Geometry, one_thread: bool) -> int | None:
     """The rows of the weight-gradient kernel that reads its input unpadded, or None where it has none: the
     largest divisor of C up to the padded kernel's rows (a block's rows must be one tap's channels), if it is at
     least 8 or half of those (fewer rows load about as much per FMA, but pay the loop more often)."""
+    return _unpadded_rows(g, one_thread, simd.lanes())  # asked several times a step: worked out once
+
+
+@lru_cache(maxsize=None)
+def _unpadded_rows(g: Geometry, one_thread: bool, lanes: int) -> int | None:
     blocking = weight_grad_blocking(g, one_thread)
     if blocking is None:
         return None
