@@ -212,7 +212,7 @@ class ConvThenReLU(_ConvThen):
         return None
 
 
-class ConvThenAvgPool:
+class ConvThenAvgPool(_ConvThen):
     """A convolution (or a ``ConvThenReLU``) and the 2x2 average pooling after it, run as one step. Outside
     training one kernel computes the convolution (and the ReLU) and stores only each window's mean, the same
     numbers as the layers one after the other; while training the two steps run one after the other (the
@@ -221,29 +221,18 @@ class ConvThenAvgPool:
     name = "conv2d+avgpool2d"
 
     def __init__(self, first, pool: AvgPool2D):
-        self.first, self.pool = first, pool
-        self.conv = first if isinstance(first, Conv2D) else first.conv
-        self.out_shape = pool.out_shape
+        super().__init__(first if isinstance(first, Conv2D) else first.conv, pool)
+        self.first = first
 
     @property
     def parts(self) -> tuple[Layer, ...]:
-        return (self.first,) + (self.pool,) if isinstance(self.first, Conv2D) else (*self.first.parts, self.pool)
-
-    @property
-    def needs_input_grad(self) -> bool:
-        return self.conv.needs_input_grad
-
-    @needs_input_grad.setter
-    def needs_input_grad(self, value: bool) -> None:
-        self.conv.needs_input_grad = value
-
-    def fused_with(self, following):
-        return None
+        return (self.first,) + (self.following,) if isinstance(self.first, Conv2D) else (*self.first.parts,
+                                                                                        self.following)
 
     def forward(self, x, *, training=False):
         if training:
-            return self.pool.forward(self.first.forward(x, training=True), training=True)
-        conv, pool = self.conv, self.pool
+            return self.following.forward(self.first.forward(x, training=True), training=True)
+        conv, pool = self.conv, self.following
         out = pool.result("out", (x.shape[0], *pool.out_shape), False)
         conv.kernels.conv2d_forward_avg_pooled(x, conv.params["weight"], conv.bias_or_zeros(conv.filters),
                                                *conv._strides_and_padding(), conv.out_shape, out,
@@ -255,7 +244,7 @@ class ConvThenAvgPool:
         return self.forward(x, training=True)
 
     def backward(self, dy):
-        return self.first.backward(self.pool.backward(dy))
+        return self.first.backward(self.following.backward(dy))
 
     def __repr__(self) -> str:
         return " ".join(repr(layer) for layer in self.parts)
