@@ -331,7 +331,8 @@ class ConvThenBatchNorm(_ConvThen):
         conv._x = self.batchnorm._x = None
         if isinstance(after, MaxPool2D):
             out = after.result("out", (x.shape[0], *after.out_shape), training)
-            self._argmax = argmax = after.buffer("argmax", out.shape, np.int32)
+            # While training its own array: the backward pass reads it after any evaluation in between.
+            self._argmax = argmax = after.buffer("argmax_training" if training else "argmax", out.shape, np.int32)
             conv.kernels.conv2d_forward_max_pooled(*args, conv.out_shape, out, argmax)
             after._argmax, after._relu_out = None, None
             return out
