@@ -163,13 +163,19 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
             value = f"acc_{p}_{v}"
             if adds:
                 value = f"add({value}, {_dy_vector(g, v, L, FO, f'oi + {p * step}', 'addend')})"
-            value = f"relu({value})" if relu else value
-            if FO == g.F:
-                src(f"store(out, oi + {p * step + v * L}, {value})")
-            else:  # the last filters are the zero ones added to fill whole vectors: not stored
-                src(f"if lanes_{v} > 0:")
-                with src.indent():
-                    src(f"store_first(out, oi + {p * step + v * L}, {value}, lanes_{v})")
+            _store(src, g, FO, v, f"oi + {p * step + v * L}", f"relu({value})" if relu else value)
+
+
+def _store(src: Source, g: Geometry, FO: int, v: int, index: str, value: str) -> None:
+    """Source storing filter vector ``v``'s ``value`` at ``index`` of ``out``, which has ``FO`` channels: where
+    fewer than the kernel's ``g.F`` filters (the last ones zero filters that fill whole vectors), only its own
+    lanes (``lanes_v``, from ``_lane_counts``)."""
+    if FO == g.F:
+        src(f"store(out, {index}, {value})")
+        return
+    src(f"if lanes_{v} > 0:")
+    with src.indent():
+        src(f"store_first(out, {index}, {value}, lanes_{v})")
 
 
 def _module(generator: str, intrinsics: str, comments: list, signature: str, parallel: bool = True) -> Source:
@@ -268,9 +274,9 @@ def pooled_source(g: Geometry, b: Blocking, average: Average | None = None) -> s
     2x2 max pooling with stride 2, writing only the pooled ``out`` (N, OH // 2, OW // 2, F) and, per pooled
     value, the flat position oh * OW + ow of the convolution output that won its window (``argmax``, int32):
     the first maximum in the order (0, 0), (0, 1), (1, 0), (1, 1), a NaN winning, as ``maxpool2d`` decides.
-    With ``average``, 2x2 average pooling instead (of the ReLU's outputs with ``average.relu``), into ``out`` of
-    ``average.channels`` channels (``argmax`` is not written): the four values added in that order to 0, then
-    times 0.25, as ``avgpool2d`` and ``relu`` do, to the bit."""
+    With ``average``, ``kernel(x, w, bias, out, N)``: 2x2 average pooling instead (of the ReLU's outputs with
+    ``average.relu``), into ``out`` of ``average.channels`` channels: the four values added in that order to 0,
+    then times 0.25, as ``avgpool2d`` and ``relu`` do, to the bit."""
     L, FV = b.lanes, b.FV
     PH, PW = g.OH // 2, g.OW // 2
     full, tail = divmod(PW, b.P)
@@ -278,7 +284,7 @@ def pooled_source(g: Geometry, b: Blocking, average: Average | None = None) -> s
         "greater, isnan, either, select, store_int32" if average is None else
         f"zero{L} as zero, add, mul, relu, store_first")
     src = _module("pooled_source", intrinsics, [g, b] + ([average] if average else []),
-                  "kernel(x, w, bias, out, argmax, N)")
+                  "kernel(x, w, bias, out, argmax, N)" if average is None else "kernel(x, w, bias, out, N)")
     with src.indent():
         src(f"for row in prange(N * {PH}):")
         with src.indent():
@@ -518,12 +524,7 @@ def _averaged(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW: in
                 value = f"acc_{r}_{j}_{v}"
                 total = f"add({total}, {f'relu({value})' if average.relu else value})"
             src(f"mean = mul({total}, quarter)")
-            if FO == g.F:
-                src(f"store(out, oi + {q * FO + v * L}, mean)")
-            else:  # the last filters are the zero ones added to fill whole vectors: not stored
-                src(f"if lanes_{v} > 0:")
-                with src.indent():
-                    src(f"store_first(out, oi + {q * FO + v * L}, mean, lanes_{v})")
+            _store(src, g, FO, v, f"oi + {q * FO + v * L}", "mean")
 
 
 def _tile_rows(g: Geometry, FD: int) -> int:
@@ -621,7 +622,7 @@ def _forward_kernel(g: Geometry, b: Blocking, relu: bool, rows: tuple[int, int] 
 @lru_cache(maxsize=None)
 def _pooled_kernel(g: Geometry, b: Blocking, average: Average | None = None):
     return load_module("conv_pooled", pooled_source(g, b, average),
-                       f"a convolution + max pooling kernel for {_words(g)}").kernel
+                       f"a convolution + {'average' if average else 'max'} pooling kernel for {_words(g)}").kernel
 
 
 @lru_cache(maxsize=None)
@@ -762,7 +763,7 @@ def forward_avg_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry
     own output is never written. ``out`` may have fewer channels than ``w`` has filters (zero filters added to
     fill whole vectors): it gets the first ones."""
     kernel = _pooled_kernel(g, pooled_blocking(g), Average(relu, out.shape[-1]))
-    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), out.reshape(-1).view(np.int32), xp.shape[0])
+    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0])
 
 
 def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db: np.ndarray,

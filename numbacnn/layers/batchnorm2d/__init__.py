@@ -104,26 +104,22 @@ class _BatchNorm(Layer):
         return out
 
     def backward(self, dy):
-        return self._backward(dy, self.kernels.batchnorm_backward_params, self.kernels.batchnorm_backward_input)
+        return self._backward(dy, relu=False)
 
     def backward_with_relu(self, dy):
         """The input gradient after ``forward_with_relu``, given ``dy``, the gradient of the ReLU's output."""
-        weight, bias, kernels = self.params["weight"], self.params["bias"], self.kernels
+        return self._backward(dy, relu=True)
 
-        def params(x, d, mean, inv_std, dweight, dbias):
-            kernels.batchnorm_relu_backward_params(x, d, mean, inv_std, weight, bias, dweight, dbias)
-
-        def input_grad(x, d, mean, inv_std, _weight, dweight, dbias, dx):
-            kernels.batchnorm_relu_backward_input(x, d, mean, inv_std, weight, bias, dweight, dbias, dx)
-
-        return self._backward(dy, params, input_grad)
-
-    def _backward(self, dy, params_kernel, input_kernel):
+    def _backward(self, dy, relu: bool):
         fixed_statistics = getattr(self, "_fixed_statistics", False)
         x, dy_rows = self._rows(self._x), self._rows(dy)
         mean, inv_std = self.buffer("mean", (self.channels,)), self.buffer("inv_std", (self.channels,))
+        weight, bias, kernels = self.params["weight"], self.params["bias"], self.kernels
         dweight, dbias = self.grads["weight"], self.grads["bias"]
-        params_kernel(x, dy_rows, mean, inv_std, dweight, dbias)
+        if relu:
+            kernels.batchnorm_relu_backward_params(x, dy_rows, mean, inv_std, weight, bias, dweight, dbias)
+        else:
+            kernels.batchnorm_backward_params(x, dy_rows, mean, inv_std, dweight, dbias)
         if not self.needs_input_grad:
             return None
         dx = self.result("dx", dy.shape)
@@ -132,7 +128,11 @@ class _BatchNorm(Layer):
         through_statistics = (dweight, dbias)
         if fixed_statistics:
             through_statistics = (self.device.zeros(self.channels, self.dtype),) * 2
-        input_kernel(x, dy_rows, mean, inv_std, self.params["weight"], *through_statistics, self._rows(dx))
+        if relu:
+            kernels.batchnorm_relu_backward_input(x, dy_rows, mean, inv_std, weight, bias, *through_statistics,
+                                                  self._rows(dx))
+        else:
+            kernels.batchnorm_backward_input(x, dy_rows, mean, inv_std, weight, *through_statistics, self._rows(dx))
         return dx
 
     def _rows(self, array):

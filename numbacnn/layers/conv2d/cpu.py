@@ -292,12 +292,11 @@ def _bordered(x, height, width, top, left, workspace):
     """``x`` with ``top`` zero rows and ``left`` zero columns before it, cut or filled with zeros to
     ``height`` x ``width`` (every value a filter reads), kept in ``workspace["patches_of"]`` for the backward
     pass."""
-    N, H, W, C = x.shape
+    shape = (x.shape[0], height, width, x.shape[3])
     out = workspace.get("patches_of")
-    if out is None or out.shape != (N, height, width, C) or out.dtype != x.dtype:
-        out = workspace["patches_of"] = np.empty((N, height, width, C), x.dtype)
-    out[...] = 0
-    out[:, top:top + H, left:left + W] = x[:, :height - top, :width - left]
+    if out is None or out.shape != shape or out.dtype != x.dtype:
+        out = workspace["patches_of"] = np.empty(shape, x.dtype)
+    generated.pad_into(x, top, left, out)
     return out
 
 

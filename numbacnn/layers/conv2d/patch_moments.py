@@ -84,7 +84,7 @@ def pooled_patch_sums(xp, dy, argmax, KH, KW, SH, SW, OW, taps, grads):
     K = KH * KW * C
     for part in prange(taps.shape[0]):
         # Sums in arrays of the kernel's own, which the compiler knows no other array shares: they vectorise.
-        image, won, grad = np.zeros((K, F), dy.dtype), np.empty(F, dy.dtype), np.zeros(F, dy.dtype)
+        total, won, grad = np.zeros((K, F), dy.dtype), np.empty(F, dy.dtype), np.zeros(F, dy.dtype)
         for n in range(part * IMAGES_PER_PART, min(N, (part + 1) * IMAGES_PER_PART)):
             for ph in range(PH):
                 for pw in range(PW):
@@ -102,6 +102,6 @@ def pooled_patch_sums(xp, dy, argmax, KH, KW, SH, SW, OW, taps, grads):
                                     value = xp[n, oh * SH + kh, ow * SW + kw, c]
                                     k = (kh * KW + kw) * C + c
                                     for f in range(F):
-                                        image[k, f] += value * won[f]
-        taps[part] = image
+                                        total[k, f] += value * won[f]
+        taps[part] = total
         grads[part] = grad

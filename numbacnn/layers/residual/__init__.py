@@ -91,24 +91,23 @@ class Residual(Block):
     def forward(self, x, *, training=False):
         if not training and self.adds_in_kernel:
             return self.forward_adding(x)
-        return self._add(x, training, lambda shape: self.result("out", shape, training), self.kernels.add)
+        y, skip = self._branch_and_skip(x, training)
+        out = self.result("out", y.shape, training)
+        self.kernels.add(y.reshape(-1), skip.reshape(-1), out.reshape(-1))
+        return out
 
     def forward_with_relu(self, x, relu: Layer):
         """While training, where this device's kernels can (``add_relu``, the CPU's): the block's output with
         the ReLU ``relu`` after it, the addition and the ReLU in one pass into the ReLU's output; the same
         numbers as the two layers one after the other."""
-        def out(shape):
-            relu._y = relu.result("out", shape, True)
-            return relu._y
+        y, skip = self._branch_and_skip(x, True)
+        out = relu._y = relu.result("out", y.shape, True)
+        self.kernels.add_relu(y.reshape(-1), skip.reshape(-1), out.reshape(-1))
+        return out
 
-        return self._add(x, True, out, self.kernels.add_relu)
-
-    def _add(self, x, training, out, kernel):
+    def _branch_and_skip(self, x, training):
         y = self.forward_children(x, training)
-        skip = x if self.projection is None else self.projection.forward(x, training=training)
-        result = out(y.shape)
-        kernel(y.reshape(-1), skip.reshape(-1), result.reshape(-1))
-        return result
+        return y, x if self.projection is None else self.projection.forward(x, training=training)
 
     @property
     def adds_in_kernel(self) -> bool:
