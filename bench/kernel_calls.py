@@ -21,12 +21,13 @@ import numba
 import numpy as np
 
 import numbacnn.kernels.conv
+import numbacnn.kernels.winograd
 from numbacnn.losses import SoftmaxCrossEntropy
 from numbacnn.model import Sequential
 from numbacnn.optim import Adam
 from numbacnn.presets import PRESETS
 
-MODULES = [numbacnn.kernels.conv] + [
+MODULES = [numbacnn.kernels.conv, numbacnn.kernels.winograd] + [
     __import__(f"numbacnn.layers.{name}.cpu", fromlist=["cpu"])
     for name in ("conv2d", "batchnorm2d", "relu", "maxpool2d", "avgpool2d", "residual", "dense")]
 

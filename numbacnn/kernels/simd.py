@@ -18,7 +18,7 @@ to single LLVM instructions:
     store_first(a, i, v, k)              writes v's first k lanes only (for channel counts that are not
                                          whole vectors)
     fma(a, b, c)                         a * b + c, each lane rounded once (llvm.fma)
-    add(a, b), mul(a, b)                 lane by lane
+    add(a, b), sub(a, b), mul(a, b)      lane by lane
     relu(v)                              max(v, 0), NaN kept (a NaN lane stays NaN)
     greater(a, b)                        a mask of lanes where a > b (False where either is NaN)
     isnan(v)                             a mask of the lanes that hold NaN
@@ -198,6 +198,7 @@ def _lanewise(operation):
 
 
 add = _lanewise("fadd")
+sub = _lanewise("fsub")
 mul = _lanewise("fmul")
 
 

@@ -1,5 +1,9 @@
-"""Conv2D on the CPU, channels last, in three ways chosen by the filter size and the gradient.
+"""Conv2D on the CPU, channels last, in the ways chosen by the filter size, the data type and the gradient.
 
+- Generated kernels (``kernels.conv``; ``kernels.winograd`` for 3x3 stride-1 convolutions with whole vectors of
+  channels and filters) for float32 layers with enough work to earn their compile: register-blocked, and fused
+  with the pooling, ReLU, batch normalisation or residual addition after them where the model allows. The
+  kernels below are their reference and run everything else.
 - Direct kernels, parallel over the batch, for small filters (the first layer's (3,3,1) has 9 weights): a
   matrix product with an inner dimension of 9 runs at a few percent of BLAS speed.
 - im2col + BLAS matrix products for larger filters, where the product is big enough for BLAS to shine.
@@ -17,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...kernels import conv as generated
+from ...kernels import winograd
 from ..avgpool2d.cpu import avgpool2d_forward
 from ..batchnorm2d.cpu import finish_statistics
 from ..maxpool2d.cpu import maxpool2d_forward
@@ -344,6 +349,8 @@ def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False
         # was last step's).
         if workspace is not None and not generated.weight_grad_reads_unpadded(g):
             _padded_input(x, g, pad_top, pad_left, workspace)
+        if winograd.takes(g.KH, g.KW, g.SH, g.SW, g.C, out.shape[-1]) and out.shape[-1] == g.F:
+            return winograd.forward(x, w, b, pad_top, pad_left, out, relu, addend)
         xp, border = x, (pad_top, pad_left)
     else:
         xp, border = _padded_input(x, g, pad_top, pad_left, workspace), None
@@ -382,6 +389,9 @@ def _input_grad(dy, w, g, gx, top, left, dx, name, grid=None):
     no_bias = scratch("conv_no_bias", (gx.F,), dx.dtype)
     no_bias[:] = 0
     rows = (top, top + dy.shape[1])  # only dy's own rows hold anything: the taps on the others are skipped
+    if (grid is None and dy.shape[-1] == g.F and dy.flags.c_contiguous and dx.shape[-1] == gx.F
+            and winograd.takes(gx.KH, gx.KW, 1, 1, g.F, gx.F)):
+        return winograd.forward(dy, w_turned, no_bias, top, left, dx)
     if dy.shape[-1] == g.F and dy.flags.c_contiguous:  # the kernel reads dy as it is, skipping its border
         return generated.forward(dy, w_turned, no_bias, gx, dx, rows=rows, border=(top, left), grid=grid)
     dyp = scratch("conv_dy_padded", (dy.shape[0], gx.HP, gx.WP, g.F), dy.dtype)  # zero filters' channels added
