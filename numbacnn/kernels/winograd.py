@@ -64,7 +64,8 @@ def takes(KH: int, KW: int, SH: int, SW: int, C: int, F: int) -> bool:
 
 
 def blocking(F: int) -> Blocking:
-    """The tiles (P) and filter vectors (FV) of one block of the multiplication's accumulators."""
+    """The tiles (P) and filter vectors (FV) of one block of the multiplication's accumulators: chosen as for a
+    long row (64 positions), since the blocks run over the whole batch's tiles."""
     return choose_blocking(64, F, lanes_for(F), _registers())
 
 
@@ -93,21 +94,23 @@ def source(t: Tiles, b: Blocking, relu: bool = False, adds: bool = False) -> str
     return src.text()
 
 
-def _tile_place(src: Source, TH: int, TW: int) -> None:
-    """Source for tile number ``tile``'s image ``n`` and its first row and column ``r0``, ``c0`` (output grid)."""
-    src(f"n = tile // {TH * TW}", f"rest = tile - n * {TH * TW}", f"th = rest // {TW}",
-        f"r0 = 2 * th", f"c0 = 2 * (rest - th * {TW})")
-
-
-def _input_transform(src: Source, t: Tiles, L: int, P: int, TH: int, TW: int) -> None:
-    """v[xi][p][c] = (B^T d B)[xi] of the block's tile p, channel vector by channel vector; a tile past the batch's
-    last leaves its values as they were (its products are computed, never stored)."""
+def _each_tile(src: Source, P: int, TH: int, TW: int) -> None:
+    """Source opening the loop over the block's tiles p, up to the batch's last: tile number ``tile``, its image
+    ``n`` and its first output row and column ``r0``, ``c0``. The caller writes the rest of the body, indented."""
     src(f"for p in range({P}):")
     with src.indent():
         src("tile = t0 + p", "if tile >= tiles:")
         with src.indent():
             src("break")
-        _tile_place(src, TH, TW)
+        src(f"n = tile // {TH * TW}", f"rest = tile - n * {TH * TW}", f"th = rest // {TW}",
+            f"r0 = 2 * th", f"c0 = 2 * (rest - th * {TW})")
+
+
+def _input_transform(src: Source, t: Tiles, L: int, P: int, TH: int, TW: int) -> None:
+    """v[xi][p][c] = (B^T d B)[xi] of the block's tile p, channel vector by channel vector; a tile past the batch's
+    last leaves its values as they were (its products are computed, never stored)."""
+    _each_tile(src, P, TH, TW)
+    with src.indent():
         src(f"ih = r0 - {t.top}", f"iw = c0 - {t.left}")
         src(*(f"in_{i} = ih + {i} >= 0 and ih + {i} < {t.H}" for i in range(4)))
         src(*(f"at_{j} = iw + {j} >= 0 and iw + {j} < {t.W}" for j in range(4)))
@@ -153,12 +156,8 @@ def _products(src: Source, t: Tiles, b: Blocking) -> None:
 def _output_transform(src: Source, t: Tiles, L: int, P: int, TH: int, TW: int, relu: bool, adds: bool) -> None:
     """out = A^T M A + bias (+ addend; max(., 0) with ``relu``) for each of the block's tiles, the outputs past an
     odd-sized map's last row or column left out."""
-    src(f"for p in range({P}):")
+    _each_tile(src, P, TH, TW)
     with src.indent():
-        src("tile = t0 + p", "if tile >= tiles:")
-        with src.indent():
-            src("break")
-        _tile_place(src, TH, TW)
         src(f"oi = ((n * {t.OH} + r0) * {t.OW} + c0) * {t.F}")
         src(f"for f in range(0, {t.F}, {L}):")
         with src.indent():
