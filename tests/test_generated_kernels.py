@@ -525,17 +525,45 @@ def test_fused_convolution_and_batchnorm_equal_the_layers(seed, size, filters, a
 @given(seed=st.integers(0, 2**16), size=st.integers(4, 11), channels=st.sampled_from((1, 3)),
        filters=st.sampled_from((6, 8, 16)), relu=st.booleans(), padding=st.sampled_from((0, 2)))
 @example(seed=0, size=28, channels=1, filters=6, relu=True, padding=2)  # lenet5's first layer
+@example(seed=1, size=10, channels=3, filters=16, relu=True, padding=0)  # an even map of whole vectors
+@example(seed=2, size=9, channels=1, filters=8, relu=True, padding=0)  # an odd one: the layers forward
 def test_fused_convolution_and_average_pooling_equal_the_layers(seed, size, channels, filters, relu, padding):
     """conv2d (then relu) then avgpool2d(2) as one kernel outside training: the layers' outputs to the bit, odd
     sizes (a last row no window takes) and filters that are not whole vectors included, a NaN too; training
-    runs the layers, to the bit."""
+    (with a ReLU and an even map, one kernel forward that also stores the ReLU's output, and the pooling's and
+    the ReLU's backward passes in one) to the bit."""
     from numbacnn.layers.conv2d import ConvThenAvgPool
 
     spec = f"conv2d({filters},3,padding={padding}) {'relu ' if relu else ''}avgpool2d(2) flatten dense(3)"
     fused, plain = _fused_against_plain(spec, (size, size, channels), seed, ConvThenAvgPool)
+    if relu:  # the ReLU's full-size output, stored by the pooling kernel for even maps: the same values
+        np.testing.assert_array_equal(fused.layers[1]._y, plain.layers[1]._y)
     x = np.random.default_rng(seed + 1).standard_normal((3, size, size, channels)).astype(np.float32)
     x[1, 2, 2, 0] = np.nan
     np.testing.assert_array_equal(fused.forward(x), plain.forward(x))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), oh=st.integers(1, 5), ow=st.integers(1, 5), odd_h=st.booleans(),
+       odd_w=st.booleans(), channels=st.integers(1, 9), dtype=st.sampled_from((np.float32, np.float64)))
+def test_average_pooling_and_relu_backward_in_one_pass_equal_the_two(seed, oh, ow, odd_h, odd_w, channels, dtype):
+    """avgpool2d_backward_relu: the bits of avgpool2d_backward(2x2, stride 2) then relu_backward, odd maps (a last
+    row or column no window takes), zeros, negative zeros and NaN among the ReLU's outputs included."""
+    from numbacnn.layers.avgpool2d import cpu as avg_cpu
+    from numbacnn.layers.relu import cpu as relu_cpu
+
+    rng = np.random.default_rng(seed)
+    n, h, w = 2, 2 * oh + odd_h, 2 * ow + odd_w
+    y = np.maximum(rng.standard_normal((n, h, w, channels)), 0).astype(dtype)
+    y.flat[rng.integers(0, y.size, 3)] = [np.nan, -0.0, 0.0]
+    dy = rng.standard_normal((n, oh, ow, channels)).astype(dtype)
+    dy.flat[0] = -0.0
+    pooled, expected = np.empty_like(y), np.full_like(y, 7.0)
+    avg_cpu.avgpool2d_backward(dy, 2, 2, 2, 2, pooled)
+    relu_cpu.relu_backward(y.reshape(-1), pooled.reshape(-1), expected.reshape(-1))
+    got = np.full_like(y, 7.0)
+    avg_cpu.avgpool2d_backward_relu(dy, y, got)
+    assert got.tobytes() == expected.tobytes()
 
 
 def test_a_model_chooses_fusion_when_it_is_built(monkeypatch):

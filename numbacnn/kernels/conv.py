@@ -71,10 +71,12 @@ class Grid:
 @dataclass(frozen=True)
 class Average:
     """A pooled kernel that averages its windows: of the ReLU's outputs with ``relu``, into ``channels``
-    output channels (the first of the kernel's filters)."""
+    output channels (the first of the kernel's filters); with ``keeps``, each window's four values (through the
+    ReLU) stored too, in the convolution's full-size output (for a training step's backward pass)."""
 
     relu: bool
     channels: int
+    keeps: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,16 +168,16 @@ def _forward_block(src: Source, g: Geometry, b: Blocking, count: int, relu: bool
             _store(src, g, FO, v, f"oi + {p * step + v * L}", f"relu({value})" if relu else value)
 
 
-def _store(src: Source, g: Geometry, FO: int, v: int, index: str, value: str) -> None:
-    """Source storing filter vector ``v``'s ``value`` at ``index`` of ``out``, which has ``FO`` channels: where
+def _store(src: Source, g: Geometry, FO: int, v: int, index: str, value: str, array: str = "out") -> None:
+    """Source storing filter vector ``v``'s ``value`` at ``index`` of ``array``, which has ``FO`` channels: where
     fewer than the kernel's ``g.F`` filters (the last ones zero filters that fill whole vectors), only its own
     lanes (``lanes_v``, from ``_lane_counts``)."""
     if FO == g.F:
-        src(f"store(out, {index}, {value})")
+        src(f"store({array}, {index}, {value})")
         return
     src(f"if lanes_{v} > 0:")
     with src.indent():
-        src(f"store_first(out, {index}, {value}, lanes_{v})")
+        src(f"store_first({array}, {index}, {value}, lanes_{v})")
 
 
 def _module(generator: str, intrinsics: str, comments: list, signature: str, parallel: bool = True,
@@ -277,7 +279,9 @@ def pooled_source(g: Geometry, b: Blocking, average: Average | None = None) -> s
     the first maximum in the order (0, 0), (0, 1), (1, 0), (1, 1), a NaN winning, as ``maxpool2d`` decides.
     With ``average``, ``kernel(x, w, bias, out, N)``: 2x2 average pooling instead (of the ReLU's outputs with
     ``average.relu``), into ``out`` of ``average.channels`` channels: the four values added in that order to 0,
-    then times 0.25, as ``avgpool2d`` and ``relu`` do, to the bit."""
+    then times 0.25, as ``avgpool2d`` and ``relu`` do, to the bit; with ``average.keeps``, ``kernel(x, w, bias,
+    out, N, full)``, the four values also stored in ``full`` (N, OH, OW, average.channels), where OH and OW are
+    even (an odd map's last row or column, which no window takes, is not computed)."""
     L, FV = b.lanes, b.FV
     PH, PW = g.OH // 2, g.OW // 2
     full, tail = divmod(PW, b.P)
@@ -285,7 +289,8 @@ def pooled_source(g: Geometry, b: Blocking, average: Average | None = None) -> s
         "greater, isnan, either, select, store_int32" if average is None else
         f"zero{L} as zero, add, mul, relu, store_first")
     src = _module("pooled_source", intrinsics, [g, b] + ([average] if average else []),
-                  "kernel(x, w, bias, out, argmax, N)" if average is None else "kernel(x, w, bias, out, N)")
+                  "kernel(x, w, bias, out, argmax, N)" if average is None else
+                  f"kernel(x, w, bias, out, N{', full' if average.keeps else ''})")
     with src.indent():
         src(f"for row in prange(N * {PH}):")
         with src.indent():
@@ -515,15 +520,22 @@ def pooled_weight_grad_source(g: Geometry, lanes: int, rows: int, images_per_par
 
 def _averaged(src: Source, g: Geometry, b: Blocking, count: int, PH: int, PW: int, average: Average) -> None:
     """The end of an averaging ``_pooled_block``: each window's four values (each through the ReLU with
-    ``average.relu``) added to 0 in the order (0, 0), (0, 1), (1, 0), (1, 1), times 0.25, stored."""
+    ``average.relu``) added to 0 in the order (0, 0), (0, 1), (1, 0), (1, 1), times 0.25, stored (and with
+    ``average.keeps`` the four values themselves in ``full``)."""
     L, FO = b.lanes, average.channels
     src(f"oi = ((n * {PH} + ph) * {PW} + pw0) * {FO} + f0", "quarter = broadcast(np.float32(0.25))")
+    if average.keeps:
+        src(*(f"fi_{r} = ((n * {g.OH} + oh + {r}) * {g.OW} + 2 * pw0) * {FO} + f0" for r in range(2)))
     for q in range(count):
         for v in range(b.FV):
             total = "zero()"
             for r, j in ((0, 2 * q), (0, 2 * q + 1), (1, 2 * q), (1, 2 * q + 1)):
                 value = f"acc_{r}_{j}_{v}"
-                total = f"add({total}, {f'relu({value})' if average.relu else value})"
+                if average.relu:
+                    src(f"{value} = relu({value})")
+                if average.keeps:
+                    _store(src, g, FO, v, f"fi_{r} + {j * FO + v * L}", value, "full")
+                total = f"add({total}, {value})"
             src(f"mean = mul({total}, quarter)")
             _store(src, g, FO, v, f"oi + {q * FO + v * L}", "mean")
 
@@ -759,12 +771,14 @@ def forward_max_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry
 
 
 def forward_avg_pooled(xp: np.ndarray, w: np.ndarray, b: np.ndarray, g: Geometry, out: np.ndarray,
-                       relu: bool = False) -> None:
+                       relu: bool = False, full: np.ndarray | None = None) -> None:
     """out = 2x2 average pooling (stride 2) of conv(xp, w) + b (of max(., 0) with ``relu``); the convolution's
-    own output is never written. ``out`` may have fewer channels than ``w`` has filters (zero filters added to
-    fill whole vectors): it gets the first ones."""
-    kernel = _pooled_kernel(g, pooled_blocking(g), Average(relu, out.shape[-1]))
-    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0])
+    own output is written only where ``full`` (N, OH, OW, channels; OH and OW even) is given. ``out`` may have
+    fewer channels than ``w`` has filters (zero filters added to fill whole vectors): it gets the first ones."""
+    kernel = _pooled_kernel(g, pooled_blocking(g), Average(relu, out.shape[-1], full is not None))
+    if full is None:
+        return kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0])
+    kernel(xp.reshape(-1), w.reshape(-1), b, out.reshape(-1), xp.shape[0], full.reshape(-1))
 
 
 def weight_grad(xp: np.ndarray, dy: np.ndarray, g: Geometry, dw: np.ndarray, db: np.ndarray,

@@ -19,6 +19,13 @@ class AvgPool2D(Pool2D):
         self.kernels.avgpool2d_backward(dy, *self._window(), dx)
         return dx
 
+    def backward_through_relu(self, dy, relu_out):
+        """With 2x2 windows and stride 2 after a ReLU whose output was ``relu_out``, on the CPU: the gradient at
+        the ReLU's input, this layer's backward pass and the ReLU's in one pass (the same numbers)."""
+        dx = self.result("dx", (dy.shape[0], *self.in_shape))
+        self.kernels.avgpool2d_backward_relu(dy, relu_out, dx)
+        return dx
+
     def to_onnx(self, builder, x: str) -> str:
         return builder.add_node("AveragePool", [x], **self.onnx_window())
 

@@ -70,3 +70,34 @@ def avgpool2d_backward(dy, size_h, size_w, stride_h, stride_w, dx):
                         at = (ow * stride_w + kw) * C
                         for c in range(C):
                             dxf[to, at + c] += dyf[n * OH + oh, ow * C + c] * scale
+
+
+@njit(parallel=True, cache=True)
+def avgpool2d_backward_relu(dy, y, dx):
+    """2x2 windows with stride 2 after a ReLU whose output is ``y``: the pooling's backward pass and the ReLU's
+    in one pass, dx = (each input's share of its window's gradient) where y > 0 (or NaN), else 0; the inputs no
+    window takes (an odd map's last row or column) 0. The same bits as ``avgpool2d_backward`` then
+    ``relu_backward``, without writing and reading the full-size gradient between them."""
+    N, H, W, C = dx.shape
+    OH, OW = dy.shape[1], dy.shape[2]
+    dxf, yf = dx.reshape((N * H, W * C)), y.reshape((N * H, W * C))  # rows indexed flat, as above
+    dyf = dy.reshape((N * OH, OW * C))
+    for row in prange(N * H):
+        n = row // H
+        h = row - n * H
+        out, mask = dxf[row], yf[row]
+        out[0] = 0.0
+        zero = out[0]  # 0 in the arrays' precision: the shares round as avgpool2d_backward's do
+        if h >= 2 * OH:  # past the last window
+            out[:] = zero
+            continue
+        g = dyf[n * OH + h // 2]
+        for ow in range(OW):
+            for c in range(C):
+                share = zero + g[ow * C + c] * 0.25
+                i = 2 * ow * C + c
+                out[i] = share
+                out[i + C] = share
+        out[2 * OW * C:] = zero
+        for i in range(2 * OW * C):  # the ReLU's mask in a second loop over the row: contiguous, vectorised
+            out[i] = zero if mask[i] <= 0 else out[i]

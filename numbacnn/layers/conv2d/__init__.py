@@ -215,8 +215,9 @@ class ConvThenReLU(_ConvThen):
 class ConvThenAvgPool(_ConvThen):
     """A convolution (or a ``ConvThenReLU``) and the 2x2 average pooling after it, run as one step. Outside
     training one kernel computes the convolution (and the ReLU) and stores only each window's mean, the same
-    numbers as the layers one after the other; while training the two steps run one after the other (the
-    ReLU's backward pass needs its full-size output)."""
+    numbers as the layers one after the other. While training with a ReLU (and a map of even height and width)
+    the same kernel also stores the ReLU's full-size output, which its backward pass needs, and backward the
+    pooling's and the ReLU's passes are one; without a ReLU, the layers run one after the other."""
 
     name = "conv2d+avgpool2d"
 
@@ -230,21 +231,28 @@ class ConvThenAvgPool(_ConvThen):
                                                                                         self.following)
 
     def forward(self, x, *, training=False):
-        if training:
+        conv, pool, relu = self.conv, self.following, self.first is not self.conv
+        keeps = training and relu and conv.out_shape[0] % 2 == 0 and conv.out_shape[1] % 2 == 0
+        if training and not keeps:
             return self.following.forward(self.first.forward(x, training=True), training=True)
-        conv, pool = self.conv, self.following
-        out = pool.result("out", (x.shape[0], *pool.out_shape), False)
+        out = pool.result("out", (x.shape[0], *pool.out_shape), training)
+        full = self.first.following.result("out", (x.shape[0], *conv.out_shape), True) if keeps else None
         conv.kernels.conv2d_forward_avg_pooled(x, conv.params["weight"], conv.bias_or_zeros(conv.filters),
-                                               *conv._strides_and_padding(), conv.out_shape, out,
-                                               relu=self.first is not conv)
-        conv._x = None
+                                               *conv._strides_and_padding(), conv.out_shape, out, relu=relu,
+                                               full=full, workspace=conv._workspace if training else None)
+        conv._x = x if training else None
+        if keeps:
+            self.first.following._y = full  # the ReLU's output, for the backward pass's mask
         return out
 
     def forward_for_gradients(self, x):
         return self.forward(x, training=True)
 
     def backward(self, dy):
-        return self.first.backward(self.following.backward(dy))
+        if self.first is self.conv:
+            return self.conv.backward(self.following.backward(dy))
+        relu = self.first.following
+        return self.conv.backward(self.following.backward_through_relu(dy, relu._y))
 
     def __repr__(self) -> str:
         return " ".join(repr(layer) for layer in self.parts)

@@ -305,18 +305,21 @@ def _bordered(x, height, width, top, left, workspace):
     return out
 
 
-def conv2d_forward_avg_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, relu=False):
+def conv2d_forward_avg_pooled(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_shape, out, relu=False,
+                              full=None, workspace=None):
     """out = 2x2 average pooling with stride 2 of ``conv2d_forward``'s result (max(., 0) with ``relu``; its shape,
     without the batch axis, ``conv_shape``), the same numbers as the kernels one after the other; the
-    convolution's own output is never written."""
+    convolution's own output is written only into ``full`` where given (a training step's, with the layer's
+    ``workspace``; ``conv_shape`` of even height and width)."""
     g = generated_geometry(x, w, stride_h, stride_w, pad_top, pad_left, (x.shape[0], *conv_shape))
     if g is None:  # the input is not what the model was built for: the kernels one after the other
-        conv_out = scratch("conv_before_pooling", (x.shape[0], *conv_shape), x.dtype)
-        (conv2d_forward_relu if relu else conv2d_forward)(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_out)
+        conv_out = scratch("conv_before_pooling", (x.shape[0], *conv_shape), x.dtype) if full is None else full
+        (conv2d_forward_relu if relu else conv2d_forward)(x, w, b, stride_h, stride_w, pad_top, pad_left, conv_out,
+                                                          workspace)
         return avgpool2d_forward(conv_out, 2, 2, 2, 2, out)
-    xp = _padded_input(x, g, pad_top, pad_left, None)
+    xp = _padded_input(x, g, pad_top, pad_left, workspace)
     generated.forward_avg_pooled(xp, _with_channels(w, g.F, "conv_w_wide"), _with_channels(b, g.F, "conv_b_wide"), g,
-                                 out, relu)
+                                 out, relu, full)
 
 
 def _padded_input(x, g, pad_top, pad_left, workspace, backward=False):
