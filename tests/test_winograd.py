@@ -3,8 +3,10 @@
 Its sums run in another order, through the transforms' additions: every output is checked against the float64
 definition within 1e-5 of the sum of the absolute values of its products (measured: at most 3e-7 of it), over
 borders on every side, odd and even map sizes, maps smaller than a tile, both vector widths, the bias, a
-residual addend and the ReLU. Its bits do not depend on the number of threads or the vector width; a model's
-3x3 convolutions take it forward and for their input gradients, and agree with the direct kernels there.
+residual addend and the ReLU; the weight gradient's (16 multiplications a tile for each channel and filter,
+summed over the batch's tiles) the same way, against the float64 sums of products. Their bits do not depend on
+the number of threads or the vector width; a model's 3x3 convolutions take them forward, for their input
+gradients and for their weight gradients, and agree with the direct kernels there.
 """
 
 from __future__ import annotations
@@ -74,6 +76,43 @@ def test_winograd_matches_the_definition(lanes, n, size, channels, filters, bord
     assert (np.abs(out - want) <= TOLERANCE * scale).all()
 
 
+def _bordered(x, top, left, rows, cols):
+    """x in float64 with ``top`` and ``left`` zero rows and columns before it, cut or zero-padded to rows x cols."""
+    xp = np.zeros((x.shape[0], rows, cols, x.shape[3]))
+    h, w = min(x.shape[1], rows - top), min(x.shape[2], cols - left)
+    xp[:, top:top + h, left:left + w] = x[:, :h, :w]
+    return xp
+
+
+@settings(max_examples=6, deadline=None)  # each geometry compiles its own kernel
+@given(lanes=st.sampled_from(LANES), n=st.integers(1, 3), size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       channels=st.sampled_from((1, 2)), filters=st.sampled_from((1, 2, 3)),
+       border=st.tuples(*[st.integers(0, 3)] * 4), seed=st.integers(0, 2**16))
+@example(lanes=16, n=20, size=(14, 14), channels=3, filters=3, border=(1, 1, 1, 1), seed=0)  # chunks of 61 tiles
+@example(lanes=8, n=2, size=(7, 7), channels=1, filters=2, border=(1, 1, 1, 1), seed=1)
+def test_winograd_weight_gradient_matches_the_definition(lanes, n, size, channels, filters, border, seed):
+    """dw[kh, kw, c, f] = the sum over the outputs of the bordered input at the tap times the output gradient,
+    within 1e-5 of the sum of the absolute values of the products of all nine taps of channel c and filter f (the
+    transforms mix a tile's taps: a tap that only ever meets the zero border keeps the others' rounding); db the
+    sum of the output gradients."""
+    channels, filters = channels * lanes, filters * lanes
+    x, _, _, out_shape = _case(seed, n, size, channels, filters, border)
+    if out_shape[1] < 1 or out_shape[2] < 1:
+        return
+    dy = np.random.default_rng(seed + 1).standard_normal(out_shape).astype(np.float32)
+    dw, db = np.full((3, 3, channels, filters), np.nan, np.float32), np.full(filters, np.nan, np.float32)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+        winograd.weight_grad(x, dy, border[0], border[1], dw, db)
+    patches = sliding_window_view(_bordered(x, border[0], border[1], out_shape[1] + 2, out_shape[2] + 2), (3, 3),
+                                  axis=(1, 2))
+    want = np.einsum("nhwcij,nhwf->ijcf", patches, dy.astype(np.float64))
+    scale = np.einsum("nhwcij,nhwf->ijcf", np.abs(patches), np.abs(dy.astype(np.float64)))
+    assert (np.abs(dw - want) <= TOLERANCE * scale.sum(axis=(0, 1))).all()
+    dy64 = dy.astype(np.float64)
+    assert (np.abs(db - dy64.sum(axis=(0, 1, 2))) <= TOLERANCE * np.abs(dy64).sum(axis=(0, 1, 2))).all()
+
+
 def test_winograd_bits_do_not_depend_on_threads_or_the_vector_width(monkeypatch):
     """Each output's sums depend only on its own tile, its products added over the channels in order."""
     x, w, b, out_shape = _case(3, 5, (7, 9), 32, 32, (1, 1, 1, 1))
@@ -92,6 +131,35 @@ def test_winograd_bits_do_not_depend_on_threads_or_the_vector_width(monkeypatch)
         np.testing.assert_array_equal(out, results[0])
 
 
+def test_winograd_weight_gradient_bits_do_not_depend_on_threads_or_the_vector_width(monkeypatch):
+    """The tiles are summed in fixed chunks, each in order, the chunks added in order, whoever computes them."""
+    x, _, _, out_shape = _case(9, 12, (7, 9), 32, 32, (1, 1, 1, 1))
+    dy = np.random.default_rng(10).standard_normal(out_shape).astype(np.float32)
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for lanes, count in ((16, 1), (16, threads), (8, 1), (8, threads)):
+            monkeypatch.setenv(simd.LANES_ENV, str(lanes))
+            numba.set_num_threads(count)
+            dw, db = np.empty((3, 3, 32, 32), np.float32), np.empty(32, np.float32)
+            winograd.weight_grad(x, dy, 1, 1, dw, db)
+            results.append((dw, db))
+    finally:
+        numba.set_num_threads(threads)
+    for dw, db in results[1:]:
+        np.testing.assert_array_equal(dw, results[0][0])
+        np.testing.assert_array_equal(db, results[0][1])
+
+
+def test_the_gradient_from_the_transformed_sums_is_gt_s_g():
+    s = np.random.default_rng(1).standard_normal((16, 5, 7)).astype(np.float32)
+    dw = np.empty((3, 3, 5, 7), np.float32)
+    winograd.gradient_from_transformed(s, dw)
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    want = np.einsum("ia,ijcf,jb->abcf", G, s.astype(np.float64).reshape(4, 4, 5, 7), G)
+    np.testing.assert_allclose(dw, want, rtol=1e-6, atol=1e-6)
+
+
 def test_the_filters_transform_is_g_g_gt():
     w = np.random.default_rng(0).standard_normal((3, 3, 5, 7)).astype(np.float32)
     u = np.empty((16, 5, 7), np.float32)
@@ -103,14 +171,15 @@ def test_the_filters_transform_is_g_g_gt():
 
 def test_a_model_convolution_takes_winograd_and_agrees_with_the_direct_kernel(monkeypatch):
     """conv2d_forward and conv2d_backward send a 3x3 stride-1 convolution with whole vectors of channels and
-    filters to Winograd, forward and for its input gradient (not its weight gradient); with NUMBACNN_WINOGRAD=0
+    filters to Winograd, forward, for its input gradient and for its weight gradient; with NUMBACNN_WINOGRAD=0
     the direct kernels run, and the two agree within float32 rounding."""
     monkeypatch.setenv(cpu.KERNELS_ENV, "generated")
     x, w, b, out_shape = _case(4, 3, (10, 10), 32, 16, (1, 1, 1, 1))
     dy = np.random.default_rng(5).standard_normal(out_shape).astype(np.float32)
     calls = []
-    original = winograd.forward
+    original, original_grad = winograd.forward, winograd.weight_grad
     monkeypatch.setattr(winograd, "forward", lambda *args, **kw: calls.append(args[0].shape) or original(*args, **kw))
+    monkeypatch.setattr(winograd, "weight_grad", lambda *args: calls.append("dw") or original_grad(*args))
 
     def run():
         out, dw, db, dx = np.empty(out_shape, np.float32), np.empty_like(w), np.empty_like(b), np.empty_like(x)
@@ -119,13 +188,12 @@ def test_a_model_convolution_takes_winograd_and_agrees_with_the_direct_kernel(mo
         return out, dw, dx
 
     by_winograd = run()
-    assert calls == [x.shape, dy.shape]
+    assert calls == [x.shape, "dw", dy.shape]
     monkeypatch.setenv(winograd.WINOGRAD_ENV, "0")
     direct = run()
-    assert len(calls) == 2
+    assert len(calls) == 3
     for got, want in zip(by_winograd, direct):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
-    np.testing.assert_array_equal(by_winograd[1], direct[1])  # the weight gradient runs the same kernel
 
 
 def test_convolution_with_the_skip_and_relu_is_the_three_kernels_to_the_bit(monkeypatch):

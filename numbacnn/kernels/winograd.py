@@ -15,6 +15,12 @@ where the map has an odd size) are tested for one by one in the transforms, outs
 The products are added in another order than the direct kernel's, and through the transforms' additions and
 halvings: the outputs differ from it by float32 rounding (tests compare them within a stated tolerance). Each
 output depends only on its own tile's sums, so the bits do not depend on the number of threads.
+
+The filters' gradient runs the same products the other way round: for each of the 16 places xi, the sum over all
+tiles of V[xi][c] * M[xi][f], M = A dY A^T the transform of the tile's 2x2 output gradients (a (C x tiles) by
+(tiles x F) product, P channels x FV filter vectors in registers), and dw = G^T S G of those sums. The tiles are
+cut into chunks by their number alone, each chunk with its own sums, added in order afterwards: the bits do not
+depend on the number of threads here either.
 """
 
 from __future__ import annotations
@@ -28,10 +34,16 @@ import numpy as np
 from numba import njit
 
 from ..cpu_kernels import scratch
-from .conv import Blocking, _module, _registers, choose_blocking, lanes_for
+from .conv import CHUNKS, Blocking, _module, _registers, add_in_order, choose_blocking, lanes_for
 from .generate import Source, load_module
 
 WINOGRAD_ENV = "NUMBACNN_WINOGRAD"
+# The tiles the weight gradient transforms at a time: their transforms (16 x SUB x (C + F) floats) stay in the
+# second-level cache while every block of the sums goes through them.
+SUB = 32
+# The fewest tiles of a chunk of the weight gradient (whose sums, 16 x C x F, are added to the others' after):
+# with fewer, adding the chunks cost more than the products (7x7 maps of 96 channels at batch 32).
+CHUNK_TILES = 256
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,132 @@ def _output_transform(src: Source, t: Tiles, L: int, P: int, TH: int, TW: int, r
                         src(f"store(out, {index}, {value})")
 
 
+def weight_grad_blocking(C: int, F: int) -> Blocking:
+    """The channels (P) and filter vectors (FV) of one block of the weight gradient's accumulators: a row of C
+    channels, each broadcast against FV vectors of the output gradient's transforms."""
+    return choose_blocking(C, F, lanes_for(F), _registers())
+
+
+def weight_grad_source(t: Tiles, b: Blocking) -> str:
+    """A module with ``kernel(x, dy, partial, N, chunks)``: for each of ``chunks`` equal chunks of the batch's
+    tiles (numbered as ``source``'s; at least one tile each), partial[chunk, xi * C + c, f] = the sum over its
+    tiles of V[xi][c] * M[xi][f], V = B^T d B the tile's input transform and M = A dY A^T its output gradient's
+    (dY the tile's 2x2 output gradients, zero past an odd map's edge), added tile by tile in order;
+    partial[chunk, 16 * C, f] = the sum of dY (the bias gradient). ``SUB`` tiles at a time are transformed, then
+    each block of P channels x FV filter vectors adds them into its registers, starting from zero on the chunk's
+    first tiles, else picking up and putting back its sums."""
+    L, K = b.lanes, 16 * t.C
+    TH, TW = (t.OH + 1) // 2, (t.OW + 1) // 2
+    src = _module("weight_grad_source", f"load{L} as load, splat{L} as splat, zero{L} as zero, store, fma, add, sub",
+                  [t, b], "kernel(x, dy, partial, N, chunks)", package=__name__)
+    with src.indent():
+        src(f"every = N * {TH * TW}")
+        src("for chunk in prange(chunks):")
+        with src.indent():
+            src(f"v = np.empty({16 * SUB * t.C}, np.float32)", f"m = np.empty({16 * SUB * t.F}, np.float32)")
+            src("start, tiles = chunk * every // chunks, (chunk + 1) * every // chunks",
+                f"bias_row = (chunk * {K + 1} + {K}) * {t.F}")
+            src(f"for f in range({t.F}):")
+            with src.indent():
+                src("partial[bias_row + f] = 0.0")
+            src(f"for t0 in range(start, tiles, {SUB}):")
+            with src.indent():
+                src(f"count = min({SUB}, tiles - t0)")
+                _input_transform(src, t, L, SUB, TH, TW)
+                _gradient_transform(src, t, L, TH, TW)
+                _transformed_sums(src, t, b)
+    return src.text()
+
+
+def _gradient_transform(src: Source, t: Tiles, L: int, TH: int, TW: int) -> None:
+    """m[xi][p][f] = (A dY A^T)[xi] of the block's tile p, filter vector by filter vector, and its four output
+    gradients added to the chunk's bias row (in the order (0, 0), (0, 1), (1, 0), (1, 1))."""
+    _each_tile(src, SUB, TH, TW)
+    with src.indent():
+        src(f"oi = ((n * {t.OH} + r0) * {t.OW} + c0) * {t.F}")
+        src(f"for f in range(0, {t.F}, {L}):")
+        with src.indent():
+            for i in range(2):
+                for j in range(2):
+                    inside = [f"r0 + {i} < {t.OH}"] * (i == 1 and t.OH % 2 == 1) + \
+                             [f"c0 + {j} < {t.OW}"] * (j == 1 and t.OW % 2 == 1)
+                    load = f"load(dy, oi + {(i * t.OW + j) * t.F} + f)"
+                    if inside:
+                        src(f"d_{i}_{j} = zero()", f"if {' and '.join(inside)}:")
+                        with src.indent():
+                            src(f"d_{i}_{j} = {load}")
+                    else:
+                        src(f"d_{i}_{j} = {load}")
+            src("store(partial, bias_row + f, add(load(partial, bias_row + f), "
+                "add(add(add(d_0_0, d_0_1), d_1_0), d_1_1)))")
+            for j in range(2):  # A dY: the rows
+                src(f"e_0_{j} = d_0_{j}", f"e_1_{j} = add(d_0_{j}, d_1_{j})", f"e_2_{j} = sub(d_0_{j}, d_1_{j})",
+                    f"e_3_{j} = sub(zero(), d_1_{j})")
+            for i in range(4):  # (A dY) A^T: the columns
+                columns = [f"e_{i}_0", f"add(e_{i}_0, e_{i}_1)", f"sub(e_{i}_0, e_{i}_1)", f"sub(zero(), e_{i}_1)"]
+                src(*(f"store(m, {((4 * i + j) * SUB) * t.F} + p * {t.F} + f, {value})"
+                      for j, value in enumerate(columns)))
+
+
+def _transformed_sums(src: Source, t: Tiles, b: Blocking) -> None:
+    """partial[chunk][xi][c][f] += the sum over the block's tiles p of v[xi][p][c] * m[xi][p][f], P channels x FV
+    filter vectors at a time."""
+    L, P, FV, K = b.lanes, b.P, b.FV, 16 * t.C
+    full, tail = divmod(t.C, P)
+    src("for xi in range(16):")
+    with src.indent():
+        src(f"for f0 in range(0, {t.F}, {L * FV}):")
+        with src.indent():
+            if full:
+                src(f"for cb in range({full}):")
+                with src.indent():
+                    src(f"ch0 = cb * {P}")
+                    _sums_block(src, t, b, P, K)
+            if tail:
+                src(f"ch0 = {full * P}")
+                _sums_block(src, t, b, tail, K)
+
+
+def _sums_block(src: Source, t: Tiles, b: Blocking, rows: int, K: int) -> None:
+    L, FV = b.lanes, b.FV
+    """Source for one block of the sums: ``rows`` channels from ``ch0`` x FV filter vectors from ``f0``."""
+    src(f"pi = (chunk * {K + 1} + xi * {t.C} + ch0) * {t.F} + f0", "if t0 == start:")
+    with src.indent():
+        src(*(f"acc_{r}_{w} = zero()" for r in range(rows) for w in range(FV)))
+    src("else:")
+    with src.indent():
+        src(*(f"acc_{r}_{w} = load(partial, pi + {r * t.F + w * L})" for r in range(rows) for w in range(FV)))
+    src(f"vi = xi * {SUB * t.C} + ch0", f"mi = xi * {SUB * t.F} + f0")
+    src("for p in range(count):")
+    with src.indent():
+        src(*(f"g_{w} = load(m, mi + p * {t.F} + {w * L})" for w in range(FV)))
+        for r in range(rows):
+            src(f"x_{r} = splat(v, vi + p * {t.C} + {r})")
+            src(*(f"acc_{r}_{w} = fma(x_{r}, g_{w}, acc_{r}_{w})" for w in range(FV)))
+    src(*(f"store(partial, pi + {r * t.F + w * L}, acc_{r}_{w})" for r in range(rows) for w in range(FV)))
+
+
+@njit(cache=True)
+def gradient_from_transformed(s, dw):
+    """dw[:, :, c, f] = G^T S G of S = s[:, c, f] (16 = 4 x 4, row by row): the filters' gradient from the sums
+    of the transformed products, in float64 rounded once to dw's float32; a channel's rows at a time, as
+    ``transform_filters`` (for the same reason)."""
+    C, F = s.shape[1], s.shape[2]
+    h = np.empty((3, 4, F))  # G^T S: the rows
+    for c in range(C):
+        for j in range(4):
+            for f in range(F):
+                a, b = np.float64(s[j, c, f]), np.float64(s[4 + j, c, f])
+                d, e = np.float64(s[8 + j, c, f]), np.float64(s[12 + j, c, f])
+                h[0, j, f], h[1, j, f], h[2, j, f] = a + 0.5 * (b + d), 0.5 * (b - d), 0.5 * (b + d) + e
+        for k in range(3):  # (G^T S) G: the columns
+            for f in range(F):
+                a, b, d, e = h[k, 0, f], h[k, 1, f], h[k, 2, f], h[k, 3, f]
+                dw[k, 0, c, f] = a + 0.5 * (b + d)
+                dw[k, 1, c, f] = 0.5 * (b - d)
+                dw[k, 2, c, f] = 0.5 * (b + d) + e
+
+
 @njit(cache=True)
 def transform_filters(w, u):
     """u[4 * i + j, c, f] = (G g G^T)[i, j] of each filter g = w[:, :, c, f] (3, 3, C, F), in float64 rounded
@@ -211,6 +349,33 @@ def transform_filters(w, u):
 def _kernel(t: Tiles, b: Blocking, relu: bool, adds: bool):
     return load_module("conv_winograd", source(t, b, relu, adds),
                        f"a Winograd convolution kernel for 3x3 filters, {t.C} -> {t.F} channels on {t.H}x{t.W}").kernel
+
+
+@lru_cache(maxsize=None)
+def _weight_grad_kernel(t: Tiles, b: Blocking):
+    return load_module("conv_winograd_weight_grad", weight_grad_source(t, b),
+                       f"a Winograd weight-gradient kernel for 3x3 filters, {t.C} -> {t.F} channels on {t.H}x{t.W}"
+                       ).kernel
+
+
+def weight_grad(x: np.ndarray, dy: np.ndarray, top: int, left: int, dw: np.ndarray, db: np.ndarray) -> None:
+    """dw = the gradient of the 3x3 stride-1 convolution's filters (3, 3, C, F) for its input ``x`` (N, H, W, C)
+    bordered by ``top`` and ``left`` zero rows and columns, and its output gradient ``dy`` (N, OH, OW, F), both
+    contiguous; db = dy summed. The tiles are cut into chunks by their number alone (up to ``CHUNKS``, of at
+    least ``CHUNK_TILES`` each), each with its own sums, added in order: the same bits on any number of threads."""
+    N, H, W, C = x.shape
+    t = Tiles(H, W, C, dy.shape[3], top, left, dy.shape[1], dy.shape[2])
+    tiles = N * ((t.OH + 1) // 2) * ((t.OW + 1) // 2)
+    if tiles == 0:
+        dw[...], db[...] = 0.0, 0.0
+        return
+    chunks = min(CHUNKS, max(1, tiles // CHUNK_TILES))
+    partial = scratch("winograd_weight_grad_partial", (chunks, 16 * C + 1, t.F), np.float32)
+    _weight_grad_kernel(t, weight_grad_blocking(C, t.F))(x.reshape(-1), dy.reshape(-1), partial.reshape(-1), N,
+                                                         chunks)
+    sums = scratch("winograd_weight_grad_sums", (16 * C, t.F), np.float32)
+    add_in_order(partial, sums, db)
+    gradient_from_transformed(sums.reshape(16, C, t.F), dw)
 
 
 def forward(x: np.ndarray, w: np.ndarray, bias: np.ndarray, top: int, left: int, out: np.ndarray,

@@ -364,7 +364,10 @@ def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False
 
 def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
     # Filters added to fill whole vectors have zero output gradients: the kernels leave their sums out.
-    if x.flags.c_contiguous and generated.weight_grad_reads_unpadded(g):
+    if (x.flags.c_contiguous and dy.flags.c_contiguous and x.shape[-1] == g.C and dy.shape[-1] == g.F
+            and winograd.takes(g.KH, g.KW, g.SH, g.SW, g.C, g.F)):
+        winograd.weight_grad(x, dy, pad_top, pad_left, dw, db)
+    elif x.flags.c_contiguous and generated.weight_grad_reads_unpadded(g):
         generated.weight_grad(x, dy, g, dw, db, border=(pad_top, pad_left))
     else:
         generated.weight_grad(_padded_input(x, g, pad_top, pad_left, workspace, backward=True), dy, g, dw, db)
