@@ -84,7 +84,7 @@ def _bordered(x, top, left, rows, cols):
     return xp
 
 
-@settings(max_examples=6, deadline=None)  # each geometry compiles its own kernel
+@settings(max_examples=4, deadline=None)  # each geometry compiles its own kernel
 @given(lanes=st.sampled_from(LANES), n=st.integers(1, 3), size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
        channels=st.sampled_from((1, 2)), filters=st.sampled_from((1, 2, 3)),
        border=st.tuples(*[st.integers(0, 3)] * 4), seed=st.integers(0, 2**16))
@@ -113,39 +113,46 @@ def test_winograd_weight_gradient_matches_the_definition(lanes, n, size, channel
     assert (np.abs(db - dy64.sum(axis=(0, 1, 2))) <= TOLERANCE * np.abs(dy64).sum(axis=(0, 1, 2))).all()
 
 
-def test_winograd_bits_do_not_depend_on_threads_or_the_vector_width(monkeypatch):
-    """Each output's sums depend only on its own tile, its products added over the channels in order."""
-    x, w, b, out_shape = _case(3, 5, (7, 9), 32, 32, (1, 1, 1, 1))
+def _on_each_width_and_thread_count(monkeypatch, compute) -> list:
+    """compute()'s results with 16 and with 8 lanes, each on one thread and on all of them."""
     results = []
     threads = numba.get_num_threads()
     try:
         for lanes, count in ((16, 1), (16, threads), (8, 1), (8, threads)):
             monkeypatch.setenv(simd.LANES_ENV, str(lanes))
             numba.set_num_threads(count)
-            out = np.empty(out_shape, np.float32)
-            winograd.forward(x, w, b, 1, 1, out)
-            results.append(out)
+            results.append(compute())
     finally:
         numba.set_num_threads(threads)
+    return results
+
+
+def test_winograd_bits_do_not_depend_on_threads_or_the_vector_width(monkeypatch):
+    """Each output's sums depend only on its own tile, its products added over the channels in order."""
+    x, w, b, out_shape = _case(3, 5, (7, 9), 32, 32, (1, 1, 1, 1))
+
+    def forward():
+        out = np.empty(out_shape, np.float32)
+        winograd.forward(x, w, b, 1, 1, out)
+        return out
+
+    results = _on_each_width_and_thread_count(monkeypatch, forward)
     for out in results[1:]:
         np.testing.assert_array_equal(out, results[0])
 
 
 def test_winograd_weight_gradient_bits_do_not_depend_on_threads_or_the_vector_width(monkeypatch):
     """The tiles are summed in fixed chunks, each in order, the chunks added in order, whoever computes them."""
-    x, _, _, out_shape = _case(9, 12, (7, 9), 32, 32, (1, 1, 1, 1))
+    x, _, _, out_shape = _case(9, 40, (7, 9), 32, 32, (1, 1, 1, 1))
+    assert 40 * 4 * 5 // winograd.CHUNK_TILES == 3  # 4 x 5 tiles an image: three chunks to share out
     dy = np.random.default_rng(10).standard_normal(out_shape).astype(np.float32)
-    results = []
-    threads = numba.get_num_threads()
-    try:
-        for lanes, count in ((16, 1), (16, threads), (8, 1), (8, threads)):
-            monkeypatch.setenv(simd.LANES_ENV, str(lanes))
-            numba.set_num_threads(count)
-            dw, db = np.empty((3, 3, 32, 32), np.float32), np.empty(32, np.float32)
-            winograd.weight_grad(x, dy, 1, 1, dw, db)
-            results.append((dw, db))
-    finally:
-        numba.set_num_threads(threads)
+
+    def weight_grad():
+        dw, db = np.empty((3, 3, 32, 32), np.float32), np.empty(32, np.float32)
+        winograd.weight_grad(x, dy, 1, 1, dw, db)
+        return dw, db
+
+    results = _on_each_width_and_thread_count(monkeypatch, weight_grad)
     for dw, db in results[1:]:
         np.testing.assert_array_equal(dw, results[0][0])
         np.testing.assert_array_equal(db, results[0][1])
