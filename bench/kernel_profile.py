@@ -6,8 +6,9 @@ First measures the peak: a loop of 24 independent 16-lane FMAs per thread (numba
 an AVX-512 processor does (on an AVX2 one the 16 lanes take two registers each and the figure is a lower
 bound). Then, for each convolution of the network (inside residual blocks too, and their skip projections) at
 batch 128 (its real input shapes), times the forward step (its training pass, with the layers the model fuses
-it with), the weight-gradient kernel (with the bias gradient) and the whole backward pass (weight, bias and input
-gradients), each the median of 9 runs, in dense-equivalent GFLOP/s and as a share of the peak. Prints Markdown.
+it with), the weight and bias gradients (by the kernel the layer picks) and the whole backward pass (weight, bias
+and input gradients), each the median of 9 runs, in dense-equivalent GFLOP/s and as a share of the peak. Prints
+Markdown.
 A 3x3 stride-1 convolution's forward pass and both gradients run by Winograd (numbacnn.kernels.winograd), with
 2.25 times fewer multiplications than the dense count: there the dense-equivalent rate can pass the peak.
 """
@@ -22,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from numbacnn.kernels import conv, simd, winograd
+from numbacnn.kernels import simd
 from numbacnn.layers.conv2d import Conv2D
 from numbacnn.layers.conv2d import cpu as conv_cpu
 from numbacnn.model import Sequential
@@ -112,12 +113,8 @@ def rows_for(model: Sequential, batch: int, rng):
         g = conv_cpu.generated_geometry(x, layer.params["weight"], stride_h, stride_w, top, left, dy.shape)
         if g is None:
             continue
-        if winograd.takes(kh, kw, stride_h, stride_w, c, f):
-            weight_grad = lambda: winograd.weight_grad(x, dy, top, left, dw, db)  # noqa: E731
-        else:
-            xp = conv_cpu._padded_input(x, g, top, left, None)
-            weight_grad = lambda: conv.weight_grad(xp, dy, g, dw, db)  # noqa: E731
-        rows.append((f"{what} weight and bias gradient", median_ms(weight_grad), flops))
+        rows.append((f"{what} weight and bias gradient", median_ms(
+            lambda: conv_cpu.weight_grad_generated(x, dy, g, top, left, dw, db)), flops))
         dx = np.empty_like(x) if layer.needs_input_grad else None
         rows.append((f"{what} whole backward pass", median_ms(
             lambda: conv_cpu._backward_generated(x, dy, layer.params["weight"], g, top, left, dw, db, dx, None)),

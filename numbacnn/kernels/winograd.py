@@ -285,8 +285,8 @@ def _transformed_sums(src: Source, t: Tiles, b: Blocking) -> None:
 
 
 def _sums_block(src: Source, t: Tiles, b: Blocking, rows: int, K: int) -> None:
-    L, FV = b.lanes, b.FV
     """Source for one block of the sums: ``rows`` channels from ``ch0`` x FV filter vectors from ``f0``."""
+    L, FV = b.lanes, b.FV
     src(f"pi = (chunk * {K + 1} + xi * {t.C} + ch0) * {t.F} + f0", "if t0 == start:")
     with src.indent():
         src(*(f"acc_{r}_{w} = zero()" for r in range(rows) for w in range(FV)))

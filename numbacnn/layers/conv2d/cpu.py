@@ -363,14 +363,7 @@ def _forward_generated(x, w, b, g, pad_top, pad_left, out, workspace, relu=False
 
 
 def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
-    # Filters added to fill whole vectors have zero output gradients: the kernels leave their sums out.
-    if (x.flags.c_contiguous and dy.flags.c_contiguous and x.shape[-1] == g.C and dy.shape[-1] == g.F
-            and winograd.takes(g.KH, g.KW, g.SH, g.SW, g.C, g.F)):
-        winograd.weight_grad(x, dy, pad_top, pad_left, dw, db)
-    elif x.flags.c_contiguous and generated.weight_grad_reads_unpadded(g):
-        generated.weight_grad(x, dy, g, dw, db, border=(pad_top, pad_left))
-    else:
-        generated.weight_grad(_padded_input(x, g, pad_top, pad_left, workspace, backward=True), dy, g, dw, db)
+    weight_grad_generated(x, dy, g, pad_top, pad_left, dw, db, workspace)
     if dx is None:
         return
     wide = _with_channels(w, g.F, "conv_w_wide")
@@ -380,6 +373,20 @@ def _backward_generated(x, dy, w, g, pad_top, pad_left, dw, db, dx, workspace):
     if gx is None:
         return conv2d_backward_input_direct(dy, transpose_last(w), 1, 1, pad_top, pad_left, dx)
     _input_grad(dy, wide, g, gx, g.KH - 1 - pad_top, g.KW - 1 - pad_left, dx, "conv_w_turned")
+
+
+def weight_grad_generated(x, dy, g, pad_top, pad_left, dw, db, workspace=None):
+    """dw and db of a convolution of geometry ``g`` (``generated_geometry``) by the kernel that suits it: by
+    Winograd (3x3, stride 1, whole vectors), else the direct kernel reading x as it is where its blocks allow,
+    else reading x bordered by zeros."""
+    # Filters added to fill whole vectors have zero output gradients: the kernels leave their sums out.
+    if (x.flags.c_contiguous and dy.flags.c_contiguous and x.shape[-1] == g.C and dy.shape[-1] == g.F
+            and winograd.takes(g.KH, g.KW, g.SH, g.SW, g.C, g.F)):
+        winograd.weight_grad(x, dy, pad_top, pad_left, dw, db)
+    elif x.flags.c_contiguous and generated.weight_grad_reads_unpadded(g):
+        generated.weight_grad(x, dy, g, dw, db, border=(pad_top, pad_left))
+    else:
+        generated.weight_grad(_padded_input(x, g, pad_top, pad_left, workspace, backward=True), dy, g, dw, db)
 
 
 def _input_grad(dy, w, g, gx, top, left, dx, name, grid=None):
